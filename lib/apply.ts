@@ -1,0 +1,172 @@
+/**
+ * Plan -> disk. First every planned file is compared with what is there (`diffPlan`, read
+ * only); only if nothing is in the way are the files written (`applyChanges`).
+ *
+ * Ownership: the manifest records the sha256 of every file lychd wrote. A file on disk that
+ * matches its recorded hash is lychd's and may be replaced; any other existing file (not
+ * written by lychd, or edited since) is a conflict that stops the whole run unless --force.
+ *
+ * Crash safety: each file is replaced atomically (temp + rename). Before the first write the
+ * manifest is rewritten to accept both the old and the new hash of every file about to change,
+ * and only after the last write is it narrowed to the new hashes. A run killed at any point
+ * thus leaves files that are each old or new, all recognised as lychd's by the next run.
+ */
+import { LychdError } from "./errors.ts";
+import type { Host } from "./host.ts";
+import type { Plan, PlannedFile, Root } from "./plan.ts";
+
+export interface Manifest {
+  version: 1;
+  /** Absolute path -> accepted sha256 hashes (one, or two while a run is in progress). */
+  files: Record<string, string[]>;
+}
+
+export type Action = "create" | "update" | "unchanged" | "remove" | "conflict" | "keep-edited";
+
+export interface Change {
+  path: string;
+  action: Action;
+  /** Why a conflict or a kept file: for the message. */
+  reason?: string;
+  before: string | null;
+  file: PlannedFile | null;
+  newHash: string | null;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export async function sha256(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string" ? encoder.encode(data) : data;
+  const digest = await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function readManifest(host: Host, path: string): Promise<Manifest> {
+  const bytes = await host.readFile(path);
+  if (bytes === null) return { version: 1, files: {} };
+  try {
+    const m = JSON.parse(decoder.decode(bytes));
+    if (m?.version === 1 && typeof m.files === "object") return m as Manifest;
+  } catch { /* reported below */ }
+  throw new LychdError(
+    `${path} is not a lychd manifest. lychd uses it to know which files it wrote; ` +
+      `move it away and run again with --force to take over the existing files.`,
+  );
+}
+
+export async function diffPlan(
+  plan: Plan,
+  roots: Record<Root, string>,
+  manifest: Manifest,
+  host: Host,
+  force: boolean,
+): Promise<Change[]> {
+  const changes: Change[] = [];
+  const planned = new Set<string>();
+  for (const file of plan.files) {
+    const path = `${roots[file.root]}/${file.path}`;
+    planned.add(path);
+    const current = await host.readFile(path);
+    const newHash = await sha256(file.content);
+    const before = current === null ? null : decoder.decode(current);
+    const change = { path, before, file, newHash };
+    if (current === null) {
+      changes.push({ ...change, action: "create" });
+    } else if (before === file.content) {
+      changes.push({ ...change, action: "unchanged" });
+    } else if (!file.guarded || force) {
+      changes.push({ ...change, action: "update" });
+    } else {
+      const known = manifest.files[path];
+      const hash = await sha256(current);
+      if (known?.includes(hash)) changes.push({ ...change, action: "update" });
+      else {
+        changes.push({
+          ...change,
+          action: "conflict",
+          reason: known ? "edited since lychd wrote it" : "not written by lychd",
+        });
+      }
+    }
+  }
+  // Files lychd wrote earlier that the plan no longer has (e.g. an engine dropped from the list).
+  for (const [path, hashes] of Object.entries(manifest.files)) {
+    if (planned.has(path)) continue;
+    const current = await host.readFile(path);
+    if (current === null) continue;
+    const edited = !hashes.includes(await sha256(current));
+    changes.push({
+      path,
+      before: decoder.decode(current),
+      file: null,
+      newHash: null,
+      action: edited && !force ? "keep-edited" : "remove",
+      reason: edited ? "edited since lychd wrote it" : undefined,
+    });
+  }
+  return changes;
+}
+
+export function conflictError(changes: Change[]): LychdError | null {
+  const conflicts = changes.filter((c) => c.action === "conflict");
+  if (conflicts.length === 0) return null;
+  const lines = conflicts.map((c) => `  ${c.path}: ${c.reason}`);
+  return new LychdError(
+    `lychd will not overwrite ${conflicts.length === 1 ? "this file" : "these files"}:\n` +
+      `${lines.join("\n")}\n` +
+      "Nothing was written. Move your version away, or run again with --force to replace it " +
+      "(see the differences first with --dry-run).",
+  );
+}
+
+/** Write every create/update, remove stale files, keep the manifest true at every step. */
+export async function applyChanges(
+  changes: Change[],
+  manifest: Manifest,
+  manifestPath: string,
+  host: Host,
+): Promise<Manifest> {
+  const conflict = conflictError(changes);
+  if (conflict) throw conflict;
+
+  const writes = changes.filter((c) => c.action === "create" || c.action === "update");
+  const removals = changes.filter((c) => c.action === "remove");
+  const final: Manifest = { version: 1, files: {} };
+  for (const c of changes) {
+    if (c.file?.guarded && c.newHash) final.files[c.path] = [c.newHash];
+  }
+  if (writes.length === 0 && removals.length === 0) {
+    if (JSON.stringify(final) !== JSON.stringify(manifest)) {
+      await writeManifest(host, manifestPath, final);
+    }
+    return final;
+  }
+
+  // Intent: old and new versions both count as lychd's until the last write is done.
+  const intent: Manifest = { version: 1, files: { ...manifest.files } };
+  for (const c of writes) {
+    if (!c.file?.guarded) continue;
+    const old = c.before === null ? [] : [await sha256(c.before)];
+    intent.files[c.path] = [...new Set([...old, ...(manifest.files[c.path] ?? []), c.newHash!])];
+  }
+  await writeManifest(host, manifestPath, intent);
+
+  for (const c of writes) {
+    await host.mkdirp(c.path.slice(0, c.path.lastIndexOf("/")), 0o755);
+    await host.writeFileAtomic(c.path, encoder.encode(c.file!.content), c.file!.mode);
+  }
+  for (const c of removals) await host.remove(c.path);
+
+  await writeManifest(host, manifestPath, final);
+  return final;
+}
+
+async function writeManifest(host: Host, path: string, manifest: Manifest): Promise<void> {
+  await host.mkdirp(path.slice(0, path.lastIndexOf("/")), 0o755);
+  const sorted = Object.fromEntries(
+    Object.entries(manifest.files).sort(([a], [b]) => a < b ? -1 : 1),
+  );
+  const text = JSON.stringify({ version: 1, files: sorted }, null, 2) + "\n";
+  await host.writeFileAtomic(path, encoder.encode(text), 0o600);
+}

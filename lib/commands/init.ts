@@ -1,0 +1,240 @@
+/**
+ * `lychd init` and `lychd render`: config -> plan -> diff -> (write, secret, daemon-reload).
+ * `init --dry-run` stops after the diff; `render --out DIR` writes the same plan into DIR.
+ */
+import { applyChanges, type Change, conflictError, diffPlan, readManifest } from "../apply.ts";
+import type { ConfigOptions } from "../cli.ts";
+import { loadConfig } from "../config/load.ts";
+import { unifiedDiff } from "../diff.ts";
+
+import type { Host } from "../host.ts";
+import { type Locations, locations } from "../paths.ts";
+import type { Root } from "../plan.ts";
+import { GRAFANA_ADMIN_SECRET, soulstoneService } from "../units/model.ts";
+
+export interface InitOptions {
+  config: ConfigOptions;
+  dryRun: boolean;
+  force: boolean;
+  reload: boolean;
+}
+
+/** Exit code when the files were written but systemd could not be reloaded. */
+export const EXIT_NOT_RELOADED = 3;
+
+export async function init(host: Host, options: InitOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const { changes, loaded, manifestPath, manifest } = await prepare(host, loc, options.config, {
+    quadlet: loc.quadletDir,
+    data: loc.dataDir,
+    config: null,
+  }, options.force);
+  const mode = `${loc.mode} mode`;
+
+  if (options.dryRun) {
+    host.out(`lychd init --dry-run (${mode}): showing what would change; nothing is written.\n\n`);
+    host.out(describeChanges(changes, true));
+    host.out(`\n${summary(changes, true)}\n`);
+    host.out(
+      `init would then create the Podman secret ${GRAFANA_ADMIN_SECRET} (Grafana's admin ` +
+        `password) if it is missing, and run \`${systemctlLine(loc, "daemon-reload")}\` ` +
+        "if any file changed.\n",
+    );
+    return conflictError(changes) ? 1 : 0;
+  }
+
+  const conflict = conflictError(changes);
+  if (conflict) throw conflict;
+  const changed = changes.some((c) => ["create", "update", "remove"].includes(c.action));
+  await applyChanges(changes, manifest, manifestPath, host);
+  await ensureDirectories(host, loaded.plan.directories);
+  host.out(`lychd init (${mode}), config ${loaded.configPath}\n`);
+  host.out(describeChanges(changes, false));
+  host.out(`${summary(changes, false)}\n`);
+
+  await ensureGrafanaSecret(host, loc);
+
+  if (!changed) {
+    host.out("Nothing changed, so systemd was not reloaded.\n");
+    return 0;
+  }
+  if (!options.reload) {
+    host.out(
+      `Skipped the reload (--no-reload). To apply: ${systemctlLine(loc, "daemon-reload")}\n`,
+    );
+    return 0;
+  }
+  const r = await host.run("systemctl", [...loc.systemctlScope, "daemon-reload"]);
+  if (r.code !== 0) {
+    host.err(
+      `The files are written, but \`${systemctlLine(loc, "daemon-reload")}\` failed ` +
+        `(${r.code === 127 ? "systemctl not found" : `exit ${r.code}: ${r.stderr.trim()}`}).\n` +
+        `Run it by hand once systemd is available.\n`,
+    );
+    return EXIT_NOT_RELOADED;
+  }
+  host.out(`Reloaded systemd: ${systemctlLine(loc, "daemon-reload")}\n`);
+  host.out(
+    `Next: lychd swap ${loaded.config.active}  (or ${
+      systemctlLine(loc, `start ${soulstoneService(loaded.config.active)}`)
+    })\n`,
+  );
+  return 0;
+}
+
+export interface RenderOptions {
+  config: ConfigOptions;
+  out: string;
+  force: boolean;
+}
+
+/** Write the complete set into one folder: quadlet/, data/, lychd.yaml. No systemd, no secrets. */
+export async function render(host: Host, options: RenderOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const out = options.out.replace(/\/+$/, "") || "/";
+  const { changes, manifestPath, manifest } = await prepare(
+    host,
+    loc,
+    options.config,
+    {
+      quadlet: `${out}/quadlet`,
+      data: `${out}/data`,
+      config: out,
+    },
+    options.force,
+    `${out}/.lychd-manifest.json`,
+  );
+  await applyChanges(changes, manifest, manifestPath, host);
+  host.out(`lychd render (${loc.mode} mode) into ${out}\n`);
+  host.out(describeChanges(changes, false));
+  host.out(`${summary(changes, false)}\n`);
+  host.out(
+    `The units refer to the real locations (${loc.dataDir}, ${loc.quadletDir}); ` +
+      "`lychd init` installs them there.\n",
+  );
+  return 0;
+}
+
+async function prepare(
+  host: Host,
+  loc: Locations,
+  configOptions: ConfigOptions,
+  roots: { quadlet: string; data: string; config: string | null },
+  force: boolean,
+  manifestPath = `${loc.dataDir}/manifest.json`,
+) {
+  const loaded = await loadConfig(host, loc, configOptions);
+  // Loaded lazily: Nunjucks costs ~130 ms of start-up that --help and --version should not pay.
+  const { buildPlan } = await import("../plan.ts");
+  const plan = buildPlan(loaded.config, loc, loaded.configText);
+  const configDir = loaded.configPath.slice(0, loaded.configPath.lastIndexOf("/"));
+  const rootDirs: Record<Root, string> = {
+    quadlet: roots.quadlet,
+    data: roots.data,
+    config: roots.config ?? configDir,
+  };
+  if (roots.config !== null) {
+    // render: the config file goes into the output folder under its usual name.
+    plan.files = plan.files.map((f) => f.root === "config" ? { ...f, path: "lychd.yaml" } : f);
+  } else {
+    const name = loaded.configPath.slice(loaded.configPath.lastIndexOf("/") + 1);
+    plan.files = plan.files.map((f) => f.root === "config" ? { ...f, path: name } : f);
+  }
+  const manifest = await readManifest(host, manifestPath);
+  const changes = await diffPlan(plan, rootDirs, manifest, host, force);
+  return { changes, loaded: { ...loaded, plan }, manifestPath, manifest };
+}
+
+async function ensureDirectories(host: Host, dirs: string[]): Promise<void> {
+  for (const dir of dirs) {
+    try {
+      await host.mkdirp(dir, 0o755);
+    } catch (e) {
+      host.err(
+        `Could not create ${dir} (${(e as Error).message}); create it before starting an engine: ` +
+          `mkdir -p ${dir}\n`,
+      );
+    }
+  }
+}
+
+/**
+ * Grafana's admin password: generated once, kept in a 0600 file for the user, handed to the
+ * container only as a Podman secret. Never printed, never in a unit.
+ */
+async function ensureGrafanaSecret(host: Host, loc: Locations): Promise<void> {
+  const file = `${loc.dataDir}/grafana-admin-password`;
+  if (await host.readFile(file) === null) {
+    const password = btoa(String.fromCharCode(...host.randomBytes(18)))
+      .replaceAll("+", "-").replaceAll("/", "_");
+    await host.mkdirp(loc.dataDir, 0o755);
+    await host.writeFileAtomic(file, new TextEncoder().encode(password), 0o600);
+  }
+  const exists = await host.run("podman", ["secret", "inspect", GRAFANA_ADMIN_SECRET]);
+  if (exists.code === 0) return;
+  const created = exists.code === 127
+    ? exists
+    : await host.run("podman", ["secret", "create", GRAFANA_ADMIN_SECRET, file]);
+  if (created.code === 0) {
+    host.out(
+      `Created the Podman secret ${GRAFANA_ADMIN_SECRET}: Grafana's admin password, also in ${file} (mode 0600).\n`,
+    );
+  } else {
+    host.err(
+      `Could not create the Podman secret ${GRAFANA_ADMIN_SECRET} ` +
+        `(${created.code === 127 ? "podman not found" : created.stderr.trim()}). ` +
+        `The scribe will not start without it. Create it with:\n` +
+        `  podman secret create ${GRAFANA_ADMIN_SECRET} ${file}\n`,
+    );
+  }
+}
+
+function systemctlLine(loc: Locations, args: string): string {
+  return ["systemctl", ...loc.systemctlScope, args].join(" ");
+}
+
+const LABELS: Record<string, [string, string]> = {
+  create: ["create", "created"],
+  update: ["update", "updated"],
+  unchanged: ["unchanged", "unchanged"],
+  remove: ["remove", "removed"],
+  conflict: ["CONFLICT", "CONFLICT"],
+  "keep-edited": ["keep", "kept"],
+};
+
+function describeChanges(changes: Change[], withDiffs: boolean): string {
+  let text = "";
+  for (const c of changes) {
+    const label = LABELS[c.action][withDiffs ? 0 : 1].padEnd(9);
+    const note = c.reason
+      ? ` (${c.reason}${c.action === "conflict" ? "; --force replaces it" : ""})`
+      : "";
+    const after = c.file?.content ?? "";
+    const isBigJson = c.path.endsWith(".json") && c.action === "create";
+    const lines = isBigJson ? ` (${after.split("\n").length - 1} lines)` : "";
+    text += `${label} ${c.path}${note}${lines}\n`;
+    if (withDiffs && !isBigJson && ["create", "update", "remove", "conflict"].includes(c.action)) {
+      text += indent(unifiedDiff(c.before ?? "", after, c.path)) + "\n";
+    }
+  }
+  return text;
+}
+
+function indent(text: string): string {
+  return text.trimEnd().split("\n").map((l) => `    ${l}`).join("\n") + "\n";
+}
+
+function summary(changes: Change[], future: boolean): string {
+  const count = (a: string) => changes.filter((c) => c.action === a).length;
+  const verbs = future
+    ? ["to create", "to update", "unchanged", "to remove", "conflicts"]
+    : ["created", "updated", "unchanged", "removed", "kept (edited)"];
+  const parts = [
+    `${count("create")} ${verbs[0]}`,
+    `${count("update")} ${verbs[1]}`,
+    `${count("unchanged")} ${verbs[2]}`,
+    `${count("remove")} ${verbs[3]}`,
+    future ? `${count("conflict")} ${verbs[4]}` : `${count("keep-edited")} ${verbs[4]}`,
+  ];
+  return parts.join(", ") + ".";
+}

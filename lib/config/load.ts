@@ -1,0 +1,105 @@
+/**
+ * lychd.yaml + flags -> a validated config, and the text lychd.yaml should have afterwards.
+ * The file is read through the Host; everything else is pure.
+ */
+import type { ConfigOptions } from "../cli.ts";
+import { builtinCartridge } from "../engines.ts";
+import { ConfigError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import type { Locations } from "../paths.ts";
+import type { LychdConfig } from "./types.ts";
+import { validateConfig } from "./validate.ts";
+import {
+  isPlainObject,
+  type KeyPath,
+  type Override,
+  parseConfigText,
+  updateConfigText,
+} from "./yaml.ts";
+
+export interface LoadedConfig {
+  config: LychdConfig;
+  configPath: string;
+  /** What lychd.yaml should contain after this run (equal to the file if nothing changed). */
+  configText: string;
+}
+
+export async function loadConfig(
+  host: Host,
+  loc: Locations,
+  options: ConfigOptions,
+): Promise<LoadedConfig> {
+  const configPath = options.configPath ?? loc.configFile;
+  const bytes = await host.readFile(configPath);
+  let text: string | null = null;
+  if (bytes !== null) {
+    try {
+      text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    } catch {
+      throw new ConfigError([{ where: configPath, key: "(file)", message: "is not valid UTF-8" }]);
+    }
+  }
+  return resolveConfig(text, configPath, options.overrides);
+}
+
+/** Pure core of loadConfig: file text (or null) + overrides -> config and new file text. */
+export function resolveConfig(
+  text: string | null,
+  configPath: string,
+  overrides: Override[],
+): LoadedConfig {
+  const parsed = text === null
+    ? { data: {}, locate: () => `${configPath} (not created yet)` }
+    : parseConfigText(text, configPath);
+  const data = structuredClone(parsed.data);
+  for (const o of overrides) setIn(data, o.path, o.value);
+  const locate = (path: KeyPath) => {
+    const flag = overrides.find((o) => isPrefix(o.path, path) || isPrefix(path, o.path));
+    return flag ? flag.flag : parsed.locate(path);
+  };
+  const config = validateConfig(data, locate);
+  const configText = text === null
+    ? updateConfigText(null, firstConfig(config, overrides))
+    : updateConfigText(text, overrides);
+  return { config, configPath, configText };
+}
+
+/** The first lychd.yaml spells out what was used, so the user sees what there is to change. */
+function firstConfig(config: LychdConfig, overrides: Override[]): Override[] {
+  const gpu = config.gpu.vendor +
+    (config.gpu.devices.length ? `:${config.gpu.devices.join(",")}` : "");
+  const out: Override[] = [
+    { path: ["engines"], value: config.engines, flag: "" },
+    { path: ["active"], value: config.active, flag: "" },
+    { path: ["gpu"], value: gpu, flag: "" },
+  ];
+  for (const o of overrides) {
+    if (!out.some((x) => isPrefix(x.path, o.path))) out.push(o);
+  }
+  for (const name of config.engines) {
+    const cartridge = builtinCartridge(name);
+    const path = ["cartridges", name, "model"];
+    if (cartridge && !out.some((x) => isPrefix(x.path, path) && x.path.length === 3)) {
+      out.push({ path, value: config.cartridges[name]?.model ?? cartridge.defaultModel, flag: "" });
+    }
+  }
+  return out;
+}
+
+function isPrefix(prefix: KeyPath, path: KeyPath): boolean {
+  return prefix.length <= path.length && prefix.every((k, i) => String(k) === String(path[i]));
+}
+
+/** Set a nested key, creating maps on the way; a non-map in the way is left for validation. */
+function setIn(data: unknown, path: KeyPath, value: unknown): void {
+  let node = data;
+  for (const key of path.slice(0, -1)) {
+    if (!isPlainObject(node)) return;
+    if ((node as Record<string, unknown>)[key] === undefined || node[key] === null) node[key] = {};
+    node = node[key];
+  }
+  if (isPlainObject(node)) node[path[path.length - 1]] = value;
+  else if (path.length === 0) {
+    throw new ConfigError([{ key: "(top level)", message: "not a mapping" }]);
+  }
+}

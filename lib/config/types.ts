@@ -1,0 +1,39 @@
+import type { GpuVendor, MetricsDialect } from "../engines.ts";
+
+/** A validated lychd.yaml merged with flags. Every field is checked and safe to render. */
+export interface LychdConfig {
+  /** Cartridges to install, in the order given. */
+  engines: string[];
+  /** The engine that starts at boot. */
+  active: string;
+  gpu: GpuSpec;
+  /** Host folder for Hugging Face downloads, shared by every engine; null = default for the mode. */
+  modelCache: string | null;
+  /** Environment variable -> Podman secret name, for every engine (e.g. HF_TOKEN). */
+  secrets: Record<string, string>;
+  harvester: { image: string | null; scrapeInterval: string; retention: string };
+  scribe: { image: string | null };
+  cartridges: Record<string, CartridgeSettings>;
+}
+
+export interface GpuSpec {
+  vendor: GpuVendor;
+  /** NVIDIA CDI device indexes; empty = all. */
+  devices: string[];
+}
+
+export interface CartridgeSettings {
+  image: string | null;
+  model: string | null;
+  args: string[];
+  env: Record<string, string>;
+  secrets: Record<string, string>;
+  gpu: GpuSpec | null;
+  startTimeoutSec: number;
+  stopTimeoutSec: number;
+  /** Only for custom engines (built-ins know their own). */
+  port: number | null;
+  healthPath: string | null;
+  metricsPath: string | null;
+  dialect: MetricsDialect | null;
+}

@@ -1,0 +1,485 @@
+/**
+ * Untrusted config data (lychd.yaml merged with flags) -> LychdConfig, or every problem found.
+ * Pure. Each rule rejects anything that could break out of the line or value it lands in inside
+ * a unit file; what passes is escaped when rendered (lib/units/systemd.ts).
+ */
+import {
+  BUILTIN_NAMES,
+  builtinCartridge,
+  DEFAULT_ENGINES,
+  type MetricsDialect,
+} from "../engines.ts";
+import { ConfigError, type Problem } from "../errors.ts";
+import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
+import { CONTROL_CHARACTER } from "../units/systemd.ts";
+import { isPlainObject, type KeyPath } from "./yaml.ts";
+
+export const ENGINE_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
+const ENGINE_NAME_MAX = 32;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const SECRET_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
+const URL_PATH = /^\/[A-Za-z0-9._~\/-]*$/;
+/** Host paths land in Volume= and RequiresMountsFor=, where nothing is unquoted: keep them plain. */
+const HOST_PATH = /^\/[A-Za-z0-9._\/@+~-]*$/;
+const PROM_DURATION = /^[1-9][0-9]*(ms|s|m|h)$/;
+const PROM_RETENTION = /^[1-9][0-9]*(h|d|w|y)$/;
+const DIALECTS: readonly MetricsDialect[] = ["vllm", "sglang", "llamacpp"];
+const VALUE_MAX = 4096;
+
+const TOP_KEYS = [
+  "engines",
+  "active",
+  "gpu",
+  "model_cache",
+  "secrets",
+  "harvester",
+  "scribe",
+  "cartridges",
+] as const;
+const CARTRIDGE_KEYS = [
+  "image",
+  "model",
+  "args",
+  "env",
+  "secrets",
+  "gpu",
+  "start_timeout",
+  "stop_timeout",
+  "port",
+  "health_path",
+  "metrics_path",
+  "dialect",
+] as const;
+const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path", "dialect"];
+const HARVESTER_KEYS = ["image", "scrape_interval", "retention"] as const;
+const SCRIBE_KEYS = ["image"] as const;
+
+export const DEFAULT_START_TIMEOUT_SEC = 15 * 60;
+export const DEFAULT_STOP_TIMEOUT_SEC = 30;
+
+/** Settings of a cartridge the config says nothing about. */
+export function defaultSettings(): CartridgeSettings {
+  return {
+    image: null,
+    model: null,
+    args: [],
+    env: {},
+    secrets: {},
+    gpu: null,
+    startTimeoutSec: DEFAULT_START_TIMEOUT_SEC,
+    stopTimeoutSec: DEFAULT_STOP_TIMEOUT_SEC,
+    port: null,
+    healthPath: null,
+    metricsPath: null,
+    dialect: null,
+  };
+}
+
+/** Where each problem is reported: a flag name if a flag set the key, else file:line:col. */
+export type Locator = (path: KeyPath) => string | undefined;
+
+export function validateConfig(data: unknown, locate: Locator): LychdConfig {
+  const v = new Validator(locate);
+  const config = v.config(data);
+  if (v.problems.length > 0) throw new ConfigError(v.problems);
+  return config;
+}
+
+class Validator {
+  problems: Problem[] = [];
+  constructor(private locate: Locator) {}
+
+  fail(path: KeyPath, message: string): null {
+    this.problems.push({ where: this.locate(path), key: path.join(".") || "(top level)", message });
+    return null;
+  }
+
+  config(data: unknown): LychdConfig {
+    const top = this.map(data, [], TOP_KEYS) ?? {};
+    const cartridgesRaw = this.map(top.cartridges ?? {}, ["cartridges"], null) ?? {};
+    const cartridges: Record<string, CartridgeSettings> = {};
+    for (const [name, raw] of Object.entries(cartridgesRaw)) {
+      if (!this.engineName(name, ["cartridges", name])) continue;
+      const c = this.cartridge(raw ?? {}, ["cartridges", name], name);
+      if (c) cartridges[name] = c;
+    }
+    const engines = this.engineList(top.engines, cartridges);
+    const active = top.active === undefined || top.active === null
+      ? engines[0]
+      : this.string(top.active, ["active"]);
+    if (active !== null && active !== undefined && !engines.includes(active)) {
+      this.fail(["active"], `"${active}" is not one of engines (${engines.join(", ")})`);
+    }
+    const harvester = this.map(top.harvester ?? {}, ["harvester"], HARVESTER_KEYS) ?? {};
+    const scribe = this.map(top.scribe ?? {}, ["scribe"], SCRIBE_KEYS) ?? {};
+    return {
+      engines,
+      active: active ?? engines[0],
+      gpu: this.gpu(top.gpu ?? "nvidia", ["gpu"]) ?? { vendor: "nvidia", devices: [] },
+      modelCache: top.model_cache === undefined || top.model_cache === null
+        ? null
+        : this.hostPath(top.model_cache, ["model_cache"]),
+      secrets: this.secrets(top.secrets ?? {}, ["secrets"]),
+      harvester: {
+        image: this.optionalImage(harvester.image, ["harvester", "image"]),
+        scrapeInterval: this.pattern(
+          harvester.scrape_interval ?? "5s",
+          ["harvester", "scrape_interval"],
+          PROM_DURATION,
+          "a Prometheus duration such as 5s, 15s or 1m",
+        ) ?? "5s",
+        retention: this.pattern(
+          harvester.retention ?? "15d",
+          ["harvester", "retention"],
+          PROM_RETENTION,
+          "a Prometheus retention such as 15d, 12h or 4w",
+        ) ?? "15d",
+      },
+      scribe: { image: this.optionalImage(scribe.image, ["scribe", "image"]) },
+      cartridges,
+    };
+  }
+
+  engineList(raw: unknown, cartridges: Record<string, CartridgeSettings>): string[] {
+    if (raw === undefined || raw === null) return [...DEFAULT_ENGINES];
+    if (!Array.isArray(raw) || raw.length === 0) {
+      this.fail(
+        ["engines"],
+        "expected a non-empty list of engine names, e.g. [vllm, sglang, llama]",
+      );
+      return [...DEFAULT_ENGINES];
+    }
+    const out: string[] = [];
+    raw.forEach((name, i) => {
+      const path = ["engines", i];
+      if (typeof name !== "string") return this.fail(path, "expected an engine name (a string)");
+      if (!this.engineName(name, path)) return;
+      if (out.includes(name)) return this.fail(path, `"${name}" is listed twice`);
+      if (!builtinCartridge(name) && !cartridges[name]) {
+        const hint = suggest(name, [...BUILTIN_NAMES, ...Object.keys(cartridges)]);
+        return this.fail(
+          path,
+          `unknown engine "${name}"${hint}; built in: ${BUILTIN_NAMES.join(", ")}` +
+            ` (a custom engine needs an entry under cartridges with image and port)`,
+        );
+      }
+      out.push(name);
+    });
+    return out.length > 0 ? out : [...DEFAULT_ENGINES];
+  }
+
+  engineName(name: string, path: KeyPath): boolean {
+    if (name.length > ENGINE_NAME_MAX || !ENGINE_NAME.test(name)) {
+      this.fail(
+        path,
+        `engine name ${JSON.stringify(name)} is not allowed: use lowercase letters, digits and ` +
+          `single dashes, starting with a letter, at most ${ENGINE_NAME_MAX} characters`,
+      );
+      return false;
+    }
+    return true;
+  }
+
+  cartridge(raw: unknown, path: KeyPath, name: string): CartridgeSettings | null {
+    const m = this.map(raw, path, CARTRIDGE_KEYS);
+    if (!m) return null;
+    const builtin = builtinCartridge(name);
+    if (builtin) {
+      for (const k of CUSTOM_ONLY_KEYS) {
+        if (m[k] !== undefined) {
+          this.fail([...path, k], `is fixed for the built-in engine "${name}" and cannot be set`);
+        }
+      }
+    } else {
+      if (m.image === undefined) {
+        this.fail([...path, "image"], `custom engine "${name}" needs an image`);
+      }
+      if (m.port === undefined) {
+        this.fail([...path, "port"], `custom engine "${name}" needs the port it listens on`);
+      }
+    }
+    const opt = <T>(key: string, check: (v: unknown, p: KeyPath) => T | null): T | null =>
+      m[key] === undefined || m[key] === null ? null : check(m[key], [...path, key]);
+    return {
+      image: opt("image", (v, p) => this.image(v, p)),
+      model: opt("model", (v, p) => this.model(v, p)),
+      args: opt("args", (v, p) => this.args(v, p)) ?? [],
+      env: opt("env", (v, p) => this.env(v, p)) ?? {},
+      secrets: opt("secrets", (v, p) => this.secrets(v, p)) ?? {},
+      gpu: opt("gpu", (v, p) => this.gpu(v, p)),
+      startTimeoutSec: opt("start_timeout", (v, p) => this.duration(v, p)) ??
+        DEFAULT_START_TIMEOUT_SEC,
+      stopTimeoutSec: opt("stop_timeout", (v, p) => this.duration(v, p)) ??
+        DEFAULT_STOP_TIMEOUT_SEC,
+      port: opt("port", (v, p) => this.port(v, p)),
+      healthPath: opt(
+        "health_path",
+        (v, p) => this.pattern(v, p, URL_PATH, "a URL path like /health"),
+      ),
+      metricsPath: opt(
+        "metrics_path",
+        (v, p) => this.pattern(v, p, URL_PATH, "a URL path like /metrics"),
+      ),
+      dialect: opt("dialect", (v, p) => this.oneOf(v, p, DIALECTS)),
+    };
+  }
+
+  /** A mapping whose keys are all in `known` (null = any key). */
+  map(
+    raw: unknown,
+    path: KeyPath,
+    known: readonly string[] | null,
+  ): Record<string, unknown> | null {
+    if (!isPlainObject(raw)) {
+      return this.fail(path, `expected a mapping (key: value), got ${describe(raw)}`);
+    }
+    if (known) {
+      for (const key of Object.keys(raw)) {
+        if (!known.includes(key)) {
+          this.fail(
+            [...path, key],
+            `unknown key${suggest(key, known)}; expected one of: ${known.join(", ")}`,
+          );
+        }
+      }
+    }
+    return raw;
+  }
+
+  string(raw: unknown, path: KeyPath, max = VALUE_MAX): string | null {
+    if (typeof raw === "number" || typeof raw === "boolean") raw = String(raw);
+    if (typeof raw !== "string") return this.fail(path, `expected a string, got ${describe(raw)}`);
+    if (raw.length === 0) return this.fail(path, "must not be empty");
+    if (raw.length > max) {
+      return this.fail(path, `is ${raw.length} characters long; at most ${max}`);
+    }
+    // A control character (newline above all) would start a new line, hence a new key, in a unit.
+    const bad = raw.match(CONTROL_CHARACTER);
+    if (bad) {
+      return this.fail(
+        path,
+        `contains the control character ${JSON.stringify(bad[0])}: not allowed in a unit file`,
+      );
+    }
+    return raw;
+  }
+
+  pattern(raw: unknown, path: KeyPath, re: RegExp, expected: string): string | null {
+    const s = this.string(raw, path);
+    if (s === null) return null;
+    return re.test(s) ? s : this.fail(path, `${JSON.stringify(s)} is not ${expected}`);
+  }
+
+  oneOf<T extends string>(raw: unknown, path: KeyPath, allowed: readonly T[]): T | null {
+    const s = this.string(raw, path);
+    if (s === null) return null;
+    if ((allowed as readonly string[]).includes(s)) return s as T;
+    return this.fail(path, `"${s}" is not one of: ${allowed.join(", ")}${suggest(s, allowed)}`);
+  }
+
+  model(raw: unknown, path: KeyPath): string | null {
+    const s = this.string(raw, path, 512);
+    if (s === null) return null;
+    if (s.startsWith("-")) {
+      return this.fail(path, `${JSON.stringify(s)} starts with "-": it would be read as an option`);
+    }
+    if (s.startsWith("/") && !HOST_PATH.test(dirname(s))) {
+      return this.fail(
+        path,
+        `the folder of a local model must be a plain absolute path (${HOST_PATH.source})`,
+      );
+    }
+    return s;
+  }
+
+  args(raw: unknown, path: KeyPath): string[] | null {
+    if (!Array.isArray(raw)) {
+      return this.fail(
+        path,
+        `expected a list of arguments, e.g. ["--max-model-len", "8192"], got ${describe(raw)}`,
+      );
+    }
+    const out: string[] = [];
+    raw.forEach((a, i) => {
+      const s = this.string(a, [...path, i]);
+      if (s !== null) out.push(s);
+    });
+    return out;
+  }
+
+  env(raw: unknown, path: KeyPath): Record<string, string> | null {
+    const m = this.map(raw, path, null);
+    if (!m) return null;
+    const out: Record<string, string> = {};
+    for (const [k, v] of Object.entries(m)) {
+      if (!ENV_NAME.test(k)) {
+        this.fail(
+          [...path, k],
+          "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+        );
+        continue;
+      }
+      if (/TOKEN|PASSWORD|SECRET|API_KEY/i.test(k)) {
+        this.fail(
+          [...path, k],
+          "looks like a secret: secrets never go into unit files. Create a Podman secret " +
+            `(printf %s "$VALUE" | podman secret create NAME -) and set secrets: {${k}: NAME}`,
+        );
+        continue;
+      }
+      const s = this.string(v, [...path, k]);
+      if (s !== null) out[k] = s;
+    }
+    return out;
+  }
+
+  secrets(raw: unknown, path: KeyPath): Record<string, string> {
+    const m = this.map(raw, path, null);
+    const out: Record<string, string> = {};
+    for (const [k, v] of Object.entries(m ?? {})) {
+      if (!ENV_NAME.test(k)) {
+        this.fail(
+          [...path, k],
+          "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+        );
+        continue;
+      }
+      const s = this.pattern(v, [...path, k], SECRET_NAME, "a Podman secret name ([A-Za-z0-9_.-])");
+      if (s !== null) out[k] = s;
+    }
+    return out;
+  }
+
+  gpu(raw: unknown, path: KeyPath): GpuSpec | null {
+    const s = this.string(raw, path);
+    if (s === null) return null;
+    const m = s.match(/^(nvidia|amd|cpu)(?::(.*))?$/);
+    if (!m) {
+      return this.fail(
+        path,
+        `"${s}" is not a GPU choice: nvidia, nvidia:0,1 (chosen GPUs), amd or cpu`,
+      );
+    }
+    const vendor = m[1] as GpuSpec["vendor"];
+    if (m[2] === undefined) return { vendor, devices: [] };
+    if (vendor !== "nvidia") {
+      return this.fail(path, `GPU indexes can only be chosen for nvidia, not ${vendor}`);
+    }
+    const devices = m[2].split(",");
+    if (devices.some((d) => !/^[0-9]{1,3}$/.test(d)) || new Set(devices).size !== devices.length) {
+      return this.fail(path, `"${m[2]}" is not a list of distinct GPU indexes like 0,1`);
+    }
+    return { vendor, devices };
+  }
+
+  duration(raw: unknown, path: KeyPath): number | null {
+    const seconds = parseDuration(raw);
+    if (seconds === null || seconds < 1 || seconds > 24 * 3600) {
+      return this.fail(
+        path,
+        `${JSON.stringify(raw)} is not a duration between 1s and 24h (e.g. 90s, 15m, 1h30m)`,
+      );
+    }
+    return seconds;
+  }
+
+  port(raw: unknown, path: KeyPath): number | null {
+    if (typeof raw !== "number" || !Number.isInteger(raw) || raw < 1 || raw > 65535) {
+      return this.fail(path, `${JSON.stringify(raw)} is not a port number (1-65535)`);
+    }
+    return raw;
+  }
+
+  hostPath(raw: unknown, path: KeyPath): string | null {
+    const s = this.string(raw, path, 1024);
+    if (s === null) return null;
+    if (!HOST_PATH.test(s) || s.split("/").includes("..")) {
+      return this.fail(
+        path,
+        `${JSON.stringify(s)} must be an absolute path of letters, digits and ._-/@+~ without ".."`,
+      );
+    }
+    return s;
+  }
+
+  image(raw: unknown, path: KeyPath): string | null {
+    const s = this.string(raw, path, 512);
+    if (s === null) return null;
+    const problem = imageProblem(s);
+    return problem ? this.fail(path, problem) : s;
+  }
+
+  optionalImage(raw: unknown, path: KeyPath): string | null {
+    return raw === undefined || raw === null ? null : this.image(raw, path);
+  }
+}
+
+const IMAGE_REF =
+  /^([a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?)((\/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)+)(:([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(@sha256:[a-f0-9]{64})?$/;
+
+/** Why `ref` is not a fully-qualified, pinned image reference; null if it is one. */
+export function imageProblem(ref: string): string | null {
+  const m = ref.match(IMAGE_REF);
+  if (!m) {
+    return `${
+      JSON.stringify(ref)
+    } is not an image reference like docker.io/vllm/vllm-openai:v0.33.0`;
+  }
+  const registry = m[1];
+  if (!registry.includes(".") && !registry.includes(":") && registry !== "localhost") {
+    return `${JSON.stringify(ref)} must name its registry (e.g. docker.io/${ref}): ` +
+      "short names resolve differently from host to host";
+  }
+  const tag = m[9];
+  const digest = m[10];
+  if (!digest && (!tag || tag === "latest")) {
+    return `${JSON.stringify(ref)} is not pinned: give a version tag or a digest, not latest`;
+  }
+  return null;
+}
+
+/** "90", 90, "90s", "15m", "1h30m" -> seconds; null if not a duration. */
+export function parseDuration(raw: unknown): number | null {
+  if (typeof raw === "number") return Number.isInteger(raw) && raw >= 0 ? raw : null;
+  if (typeof raw !== "string") return null;
+  if (/^[0-9]+$/.test(raw)) return Number(raw);
+  const m = raw.match(/^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$/);
+  if (!m || raw === "") return null;
+  return Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
+}
+
+function dirname(p: string): string {
+  return p.slice(0, p.lastIndexOf("/")) || "/";
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "nothing (null)";
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "object") return "a mapping";
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/** ' (did you mean "x"?)' when a known name is within two edits of `word`. */
+export function suggest(word: string, known: readonly string[]): string {
+  let best: string | null = null;
+  let bestDistance = 3;
+  for (const k of known) {
+    const d = editDistance(word, k);
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  return best ? ` (did you mean "${best}"?)` : "";
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0];
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j];
+      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length];
+}

@@ -1,0 +1,91 @@
+/**
+ * lychd.yaml as text: parsing with positions for error messages, and updating the file with
+ * flag values while keeping the user's comments and layout (yaml's Document API).
+ */
+import { isMap, isSeq, LineCounter, parseDocument, stringify } from "yaml";
+import { ConfigError } from "../errors.ts";
+
+export type KeyPath = (string | number)[];
+
+export interface ParsedConfig {
+  data: unknown;
+  /** "file:line:col" of the value at `path`, or of its closest present parent. */
+  locate(path: KeyPath): string;
+}
+
+const PARSE_OPTIONS = { uniqueKeys: true, prettyErrors: true, strict: true } as const;
+
+export function parseConfigText(text: string, file: string): ParsedConfig {
+  if (text.includes("\0")) {
+    throw new ConfigError([{ where: file, key: "(file)", message: "contains a NUL byte" }]);
+  }
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { ...PARSE_OPTIONS, lineCounter: lines });
+  const position = (offset: number) => {
+    const { line, col } = lines.linePos(offset);
+    return `${file}:${line}:${col}`;
+  };
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => ({
+      where: position(e.pos[0]),
+      key: "(yaml)",
+      message: e.message.split("\n")[0],
+    })));
+  }
+  let data: unknown;
+  try {
+    // Alias bombs: yaml refuses documents whose aliases expand beyond maxAliasCount.
+    data = doc.toJS({ maxAliasCount: 50 });
+  } catch (e) {
+    throw new ConfigError([{ where: file, key: "(yaml)", message: (e as Error).message }]);
+  }
+  const locate = (path: KeyPath): string => {
+    for (let n = path.length; n >= 0; n--) {
+      const node = doc.getIn(path.slice(0, n), true) as { range?: [number, number, number] };
+      if (node && typeof node === "object" && node.range) return position(node.range[0]);
+      // A key with a null value has no node; point at the key itself in its parent map.
+      const parent = n > 0 ? doc.getIn(path.slice(0, n - 1), true) : doc.contents;
+      if (isMap(parent)) {
+        const pair = parent.items.find((p) =>
+          (p.key as { value?: unknown })?.value === path[n - 1]
+        );
+        const keyRange = (pair?.key as { range?: [number, number, number] })?.range;
+        if (keyRange) return position(keyRange[0]);
+      }
+    }
+    return file;
+  };
+  return { data: data ?? {}, locate };
+}
+
+export interface Override {
+  path: KeyPath;
+  value: unknown;
+  /** The flag that set it, for error messages, e.g. "--model vllm=...". */
+  flag: string;
+}
+
+/**
+ * The config text after applying `overrides`: the existing document with only those keys
+ * changed (comments kept), or a fresh document when there is none yet.
+ */
+export function updateConfigText(existing: string | null, overrides: Override[]): string {
+  const doc = existing === null ? parseDocument("{}") : parseDocument(existing, PARSE_OPTIONS);
+  for (const o of overrides) {
+    doc.setIn(o.path, doc.createNode(o.value, { flow: Array.isArray(o.value) }));
+  }
+  const body = existing === null ? stringify(doc.toJS(), { lineWidth: 0 }) : doc.toString();
+  return existing === null ? CONFIG_HEADER + body : body;
+}
+
+const CONFIG_HEADER =
+  `# lychd configuration, written by the first \`lychd init\`; later runs read it and
+# command-line flags override it. Reference: README.md, section "Configuration".
+`;
+
+/** Whether a parsed value is a plain mapping (not a list, not a scalar). */
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+export { isMap, isSeq };

@@ -1,0 +1,131 @@
+/**
+ * The built-in cartridges as data. Everything engine-specific that the unit model needs lives
+ * here; nothing else in lychd knows an engine by name. Facts and sources: engines.md.
+ */
+
+export type GpuVendor = "nvidia" | "amd" | "cpu";
+
+/** Which metric names an engine exports; the harvester's rules map each dialect to `lychd:`. */
+export type MetricsDialect = "vllm" | "sglang" | "llamacpp";
+
+export interface Cartridge {
+  name: string;
+  /** Human name, e.g. for the dashboard title. */
+  title: string;
+  /** Pinned image per GPU vendor; null where the project publishes none. */
+  images: Record<GpuVendor, string | null>;
+  /** Port the server listens on inside the container; published as 127.0.0.1:8081. */
+  port: number;
+  healthPath: string;
+  metricsPath: string;
+  dialect: MetricsDialect | null;
+  defaultModel: string;
+  /** The words after the image (Quadlet `Exec=`), metrics switched on, listening on `port`. */
+  command(model: string): string[];
+  /** PyTorch engines need a large /dev/shm for tensor-parallel workers (engines.md §1.4). */
+  ipcHost: boolean;
+  /** Where the engine looks for Hugging Face downloads inside the container. */
+  modelCacheTarget: string;
+  /** Extra environment the engine needs so its cache lands in the mounted folder. */
+  env: Record<string, string>;
+}
+
+export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
+  {
+    name: "vllm",
+    title: "vLLM",
+    images: {
+      nvidia: "docker.io/vllm/vllm-openai:v0.33.0",
+      amd: "docker.io/vllm/vllm-openai-rocm:v0.33.0",
+      cpu: "docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64",
+    },
+    port: 8000,
+    healthPath: "/health",
+    metricsPath: "/metrics",
+    dialect: "vllm",
+    defaultModel: "Qwen/Qwen2.5-7B-Instruct",
+    // The image's ENTRYPOINT is already `vllm serve`; metrics are on by default.
+    command: (model) => [model, "--host", "0.0.0.0", "--port", "8000"],
+    ipcHost: true,
+    modelCacheTarget: "/root/.cache/huggingface",
+    env: {},
+  },
+  {
+    name: "sglang",
+    title: "SGLang",
+    images: {
+      nvidia: "docker.io/lmsysorg/sglang:v0.5.23",
+      amd: "docker.io/lmsysorg/sglang:v0.5.23-rocm700-mi30x",
+      cpu: null,
+    },
+    port: 30000,
+    healthPath: "/health",
+    metricsPath: "/metrics",
+    dialect: "sglang",
+    defaultModel: "Qwen/Qwen2.5-7B-Instruct",
+    // The image has no server entrypoint; without --enable-metrics /metrics is a 404.
+    command: (model) => [
+      "python3",
+      "-m",
+      "sglang.launch_server",
+      "--model-path",
+      model,
+      "--host",
+      "0.0.0.0",
+      "--port",
+      "30000",
+      "--enable-metrics",
+    ],
+    ipcHost: true,
+    modelCacheTarget: "/root/.cache/huggingface",
+    env: {},
+  },
+  {
+    name: "llama",
+    title: "llama.cpp",
+    images: {
+      nvidia: "ghcr.io/ggml-org/llama.cpp:server-cuda-b10587",
+      amd: "ghcr.io/ggml-org/llama.cpp:server-rocm-b10587",
+      cpu: "ghcr.io/ggml-org/llama.cpp:server-b10587",
+    },
+    // Kept at the image's own 8080: its HEALTHCHECK is hard-wired to it.
+    port: 8080,
+    healthPath: "/health",
+    metricsPath: "/metrics",
+    dialect: "llamacpp",
+    defaultModel: "Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M",
+    // A path is a local GGUF file, anything else a Hugging Face repo. --alias makes
+    // /v1/models list the configured name instead of the file path.
+    command: (model) => [
+      ...(model.startsWith("/") ? ["-m", model] : ["-hf", model]),
+      "--alias",
+      model,
+      "--host",
+      "0.0.0.0",
+      "--port",
+      "8080",
+      "--metrics",
+    ],
+    ipcHost: false,
+    modelCacheTarget: "/root/.cache/huggingface",
+    env: { LLAMA_CACHE: "/root/.cache/huggingface/llama.cpp" },
+  },
+];
+
+export const BUILTIN_NAMES: readonly string[] = BUILTIN_CARTRIDGES.map((c) => c.name);
+
+export function builtinCartridge(name: string): Cartridge | undefined {
+  return BUILTIN_CARTRIDGES.find((c) => c.name === name);
+}
+
+export const DEFAULT_ENGINES: readonly string[] = ["vllm", "sglang", "llama"];
+
+/** The standard interface every soulstone serves on the host (API and /metrics). */
+export const STANDARD_PORT = 8081;
+
+export const PROMETHEUS_IMAGE = "docker.io/prom/prometheus:v3.5.0";
+export const PROMETHEUS_PORT = 9090;
+export const GRAFANA_IMAGE = "docker.io/grafana/grafana:12.2.0";
+export const GRAFANA_PORT = 3000;
+/** Fixed so that every provisioned dashboard can name its datasource. */
+export const DATASOURCE_UID = "lychd-prometheus";

@@ -1,0 +1,211 @@
+/**
+ * Deciding what every unit says, as data (the podlet way): config + locations -> units.
+ * Nothing here builds text; the templates in templates/ only lay these values out.
+ */
+import type { CartridgeSettings, GpuSpec, LychdConfig } from "../config/types.ts";
+import {
+  builtinCartridge,
+  type Cartridge,
+  GRAFANA_IMAGE,
+  GRAFANA_PORT,
+  type MetricsDialect,
+  PROMETHEUS_IMAGE,
+  PROMETHEUS_PORT,
+  STANDARD_PORT,
+} from "../engines.ts";
+import { ConfigError } from "../errors.ts";
+import { defaultSettings } from "../config/validate.ts";
+import type { Locations } from "../paths.ts";
+
+/** One configured engine with every default filled in: what `swap` and `status` work from. */
+export interface Engine {
+  name: string;
+  title: string;
+  builtin: boolean;
+  image: string;
+  port: number;
+  healthPath: string;
+  metricsPath: string;
+  /** The model the engine serves (its name in /v1/models), null if the engine is not told one. */
+  model: string | null;
+  dialect: MetricsDialect | null;
+  gpu: GpuSpec;
+  settings: CartridgeSettings;
+  cartridge: Cartridge | null;
+}
+
+/** soulstone-<engine>.container */
+export interface EngineUnit {
+  fileName: string;
+  serviceName: string;
+  engine: Engine;
+  conflicts: string[];
+  after: string[];
+  devices: string[];
+  volumes: string[];
+  environment: [string, string][];
+  secrets: string[];
+  podmanArgs: string[];
+  exec: string[];
+  ipcHost: boolean;
+  timeoutStartSec: number;
+  timeoutStopSec: number;
+  /** Only the active engine starts at boot. */
+  wantedBy: string | null;
+}
+
+/** harvester.container: Prometheus. */
+export interface PrometheusUnit {
+  fileName: "harvester.container";
+  image: string;
+  configDir: string;
+  retention: string;
+  port: number;
+  wantedBy: string;
+}
+
+/** scribe.container: Grafana. */
+export interface GrafanaUnit {
+  fileName: "scribe.container";
+  image: string;
+  datasourcesDir: string;
+  dashboardProvidersDir: string;
+  dashboardsDir: string;
+  adminSecret: string;
+  port: number;
+  wantedBy: string;
+}
+
+export const GRAFANA_ADMIN_SECRET = "lychd-grafana-admin";
+/** Where the scribe container sees the dashboards folder. */
+export const GRAFANA_DASHBOARDS_MOUNT = "/var/lib/lychd-dashboards";
+
+export function soulstoneService(engine: string): string {
+  return `soulstone-${engine}.service`;
+}
+
+export function resolveEngines(config: LychdConfig): Engine[] {
+  return config.engines.map((name) => {
+    const cartridge = builtinCartridge(name) ?? null;
+    const settings = config.cartridges[name] ?? defaultSettings();
+    const gpu = settings.gpu ?? config.gpu;
+    if (cartridge) {
+      const image = settings.image ?? cartridge.images[gpu.vendor];
+      if (!image) {
+        throw new ConfigError([{
+          key: `cartridges.${name}.image`,
+          message: `${cartridge.title} publishes no ${gpu.vendor} image; set an image for it or ` +
+            `choose another gpu`,
+        }]);
+      }
+      return {
+        name,
+        title: cartridge.title,
+        builtin: true,
+        image,
+        port: cartridge.port,
+        healthPath: cartridge.healthPath,
+        metricsPath: cartridge.metricsPath,
+        model: settings.model ?? cartridge.defaultModel,
+        dialect: cartridge.dialect,
+        gpu,
+        settings,
+        cartridge,
+      };
+    }
+    // validateConfig guarantees that a listed custom engine has an image and a port.
+    return {
+      name,
+      title: name,
+      builtin: false,
+      image: settings.image!,
+      port: settings.port!,
+      healthPath: settings.healthPath ?? "/health",
+      metricsPath: settings.metricsPath ?? "/metrics",
+      model: settings.model,
+      dialect: settings.dialect,
+      gpu,
+      settings,
+      cartridge: null,
+    };
+  });
+}
+
+export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
+  const engines = resolveEngines(config);
+  const names = engines.map((e) => e.name);
+  const modelCache = config.modelCache ?? loc.modelCache;
+  return engines.map((engine) => {
+    const { settings, cartridge } = engine;
+    const siblings = names.filter((n) => n !== engine.name).sort();
+    const volumes = [
+      `${modelCache}:${cartridge?.modelCacheTarget ?? "/root/.cache/huggingface"}:z`,
+    ];
+    if (cartridge && engine.model?.startsWith("/")) {
+      const dir = engine.model.slice(0, engine.model.lastIndexOf("/")) || "/";
+      volumes.push(`${dir}:${dir}:ro,z`);
+    }
+    const secrets = { ...config.secrets, ...settings.secrets };
+    return {
+      fileName: `soulstone-${engine.name}.container`,
+      serviceName: soulstoneService(engine.name),
+      engine,
+      conflicts: siblings.map(soulstoneService),
+      // One ordering dependency per pair, in one direction only (both would be a cycle).
+      after: siblings.filter((n) => n < engine.name).map(soulstoneService),
+      devices: gpuDevices(engine.gpu),
+      volumes,
+      environment: Object.entries({ ...cartridge?.env, ...settings.env }),
+      secrets: Object.entries(secrets).map(([env, name]) => `${name},type=env,target=${env}`),
+      podmanArgs: [
+        ...(engine.gpu.vendor === "amd" && loc.mode === "user" ? ["--group-add=keep-groups"] : []),
+        `--stop-timeout=${settings.stopTimeoutSec}`,
+      ],
+      exec: [...(cartridge ? cartridge.command(engine.model!) : []), ...settings.args],
+      ipcHost: cartridge?.ipcHost ?? false,
+      timeoutStartSec: settings.startTimeoutSec,
+      // Podman's own stop timeout runs first; systemd's is the backstop that kills.
+      timeoutStopSec: settings.stopTimeoutSec + 15,
+      wantedBy: engine.name === config.active ? loc.bootTarget : null,
+    };
+  });
+}
+
+function gpuDevices(gpu: GpuSpec): string[] {
+  switch (gpu.vendor) {
+    case "nvidia":
+      return gpu.devices.length === 0
+        ? ["nvidia.com/gpu=all"]
+        : gpu.devices.map((d) => `nvidia.com/gpu=${d}`);
+    case "amd":
+      return ["/dev/kfd", "/dev/dri"];
+    case "cpu":
+      return [];
+  }
+}
+
+export function prometheusUnit(config: LychdConfig, loc: Locations): PrometheusUnit {
+  return {
+    fileName: "harvester.container",
+    image: config.harvester.image ?? PROMETHEUS_IMAGE,
+    configDir: `${loc.dataDir}/prometheus`,
+    retention: config.harvester.retention,
+    port: PROMETHEUS_PORT,
+    wantedBy: loc.bootTarget,
+  };
+}
+
+export function grafanaUnit(config: LychdConfig, loc: Locations): GrafanaUnit {
+  return {
+    fileName: "scribe.container",
+    image: config.scribe.image ?? GRAFANA_IMAGE,
+    datasourcesDir: `${loc.dataDir}/grafana/provisioning/datasources`,
+    dashboardProvidersDir: `${loc.dataDir}/grafana/provisioning/dashboards`,
+    dashboardsDir: `${loc.dataDir}/grafana/dashboards`,
+    adminSecret: GRAFANA_ADMIN_SECRET,
+    port: GRAFANA_PORT,
+    wantedBy: loc.bootTarget,
+  };
+}
+
+export { STANDARD_PORT };

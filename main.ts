@@ -1,0 +1,51 @@
+/**
+ * lychd's entry point: parse argv, dispatch to one command, map errors to exit codes.
+ * Nothing else happens here.
+ */
+import { parseCommand } from "./lib/cli.ts";
+import { LychdError } from "./lib/errors.ts";
+import { helpText } from "./lib/help.ts";
+import { denoHost } from "./lib/host.ts";
+import { VERSION } from "./lib/version.ts";
+
+async function main(argv: string[]): Promise<number> {
+  const command = parseCommand(argv);
+  switch (command.kind) {
+    case "help": {
+      const text = helpText(command.topic);
+      if (text === null) throw new LychdError(`no help for "${command.topic}"`, 2);
+      denoHost.out(text);
+      return 0;
+    }
+    case "version":
+      denoHost.out(`lychd ${VERSION} (deno ${Deno.version.deno})\n`);
+      return 0;
+    case "init": {
+      const { init } = await import("./lib/commands/init.ts");
+      return await init(denoHost, command);
+    }
+    case "render": {
+      const { render } = await import("./lib/commands/init.ts");
+      return await render(denoHost, command);
+    }
+  }
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exitCode = await main(Deno.args);
+  } catch (e) {
+    if (e instanceof LychdError) {
+      denoHost.err(`lychd: ${e.message}\n`);
+      Deno.exitCode = e.exitCode;
+    } else if (e instanceof Deno.errors.NotCapable) {
+      denoHost.err(
+        `lychd: ${(e as Error).message}\nlychd's permission set does not allow this ` +
+          '(see README, "Permissions").\n',
+      );
+      Deno.exitCode = 1;
+    } else {
+      throw e;
+    }
+  }
+}

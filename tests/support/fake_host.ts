@@ -1,0 +1,82 @@
+/** An in-memory Host for unit tests of commands: files in a Map, programs answered by a script. */
+import type { Host, RunResult } from "../../lib/host.ts";
+
+export interface FakeHostOptions {
+  env?: Record<string, string>;
+  files?: Record<string, string>;
+  /** Answers for programs, by "program arg1 arg2"; default exit 0. */
+  programs?: (program: string, args: string[]) => RunResult;
+  /** Throw on the Nth call to writeFileAtomic (1-based), to simulate a crash there. */
+  failOnWrite?: number;
+}
+
+export class FakeHost implements Host {
+  files = new Map<string, { data: Uint8Array; mode: number }>();
+  calls: string[] = [];
+  stdout = "";
+  stderr = "";
+  writes = 0;
+
+  constructor(private options: FakeHostOptions = {}) {
+    for (const [path, text] of Object.entries(options.files ?? {})) {
+      this.files.set(path, { data: new TextEncoder().encode(text), mode: 0o644 });
+    }
+  }
+
+  env(name: string) {
+    return (this.options.env ?? { HOME: "/home/ada" })[name];
+  }
+
+  readFile(path: string) {
+    return Promise.resolve(this.files.get(path)?.data ?? null);
+  }
+
+  writeFileAtomic(path: string, data: Uint8Array, mode: number) {
+    this.writes++;
+    if (this.options.failOnWrite === this.writes) {
+      return Promise.reject(new Error(`simulated crash at write ${this.writes}`));
+    }
+    this.files.set(path, { data: data.slice(), mode });
+    return Promise.resolve();
+  }
+
+  remove(path: string) {
+    this.files.delete(path);
+    return Promise.resolve();
+  }
+
+  mkdirp() {
+    return Promise.resolve();
+  }
+
+  run(program: string, args: string[]) {
+    this.calls.push([program, ...args].join(" "));
+    return Promise.resolve(
+      this.options.programs?.(program, args) ?? { code: 0, stdout: "", stderr: "" },
+    );
+  }
+
+  randomBytes(n: number) {
+    return new Uint8Array(n).fill(7);
+  }
+
+  out(text: string) {
+    this.stdout += text;
+  }
+
+  err(text: string) {
+    this.stderr += text;
+  }
+
+  text(path: string): string | null {
+    const f = this.files.get(path);
+    return f ? new TextDecoder().decode(f.data) : null;
+  }
+
+  /** path -> content of every file, to compare whole trees before and after. */
+  snapshot(): Record<string, string> {
+    return Object.fromEntries(
+      [...this.files.keys()].sort().map((p) => [p, this.text(p)!]),
+    );
+  }
+}
