@@ -53,9 +53,9 @@ export function resolveConfig(
     : parseConfigText(text, configPath);
   const data = structuredClone(parsed.data);
   for (const o of overrides) setIn(data, o.path, o.value);
-  const locate = (path: KeyPath) => {
+  const locate = (path: KeyPath, atKey?: boolean) => {
     const flag = overrides.find((o) => isPrefix(o.path, path) || isPrefix(path, o.path));
-    return flag ? flag.flag : parsed.locate(path);
+    return flag ? flag.flag : parsed.locate(path, atKey);
   };
   const config = validateConfig(data, locate);
   const configText = text === null

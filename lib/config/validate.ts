@@ -76,7 +76,7 @@ export function defaultSettings(): CartridgeSettings {
 }
 
 /** Where each problem is reported: a flag name if a flag set the key, else file:line:col. */
-export type Locator = (path: KeyPath) => string | undefined;
+export type Locator = (path: KeyPath, atKey?: boolean) => string | undefined;
 
 export function validateConfig(data: unknown, locate: Locator): LychdConfig {
   const v = new Validator(locate);
@@ -89,8 +89,10 @@ class Validator {
   problems: Problem[] = [];
   constructor(private locate: Locator) {}
 
-  fail(path: KeyPath, message: string): null {
-    this.problems.push({ where: this.locate(path), key: path.join(".") || "(top level)", message });
+  /** Record a problem; `atKey` points at the key rather than its value (unknown keys). */
+  fail(path: KeyPath, message: string, atKey = false): null {
+    const where = this.locate(path, atKey);
+    this.problems.push({ where, key: path.join(".") || "(top level)", message });
     return null;
   }
 
@@ -239,6 +241,7 @@ class Validator {
           this.fail(
             [...path, key],
             `unknown key${suggest(key, known)}; expected one of: ${known.join(", ")}`,
+            true,
           );
         }
       }

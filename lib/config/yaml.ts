@@ -9,8 +9,8 @@ export type KeyPath = (string | number)[];
 
 export interface ParsedConfig {
   data: unknown;
-  /** "file:line:col" of the value at `path`, or of its closest present parent. */
-  locate(path: KeyPath): string;
+  /** "file:line:col" of the value at `path` (of its key if `atKey`), or of its closest parent. */
+  locate(path: KeyPath, atKey?: boolean): string;
 }
 
 const PARSE_OPTIONS = { uniqueKeys: true, prettyErrors: true, strict: true } as const;
@@ -39,19 +39,24 @@ export function parseConfigText(text: string, file: string): ParsedConfig {
   } catch (e) {
     throw new ConfigError([{ where: file, key: "(yaml)", message: (e as Error).message }]);
   }
-  const locate = (path: KeyPath): string => {
+  const keyPosition = (path: KeyPath): string | null => {
+    const parent = path.length > 1 ? doc.getIn(path.slice(0, -1), true) : doc.contents;
+    if (!isMap(parent)) return null;
+    const pair = parent.items.find((p) => (p.key as { value?: unknown })?.value === path.at(-1));
+    const range = (pair?.key as { range?: [number, number, number] })?.range;
+    return range ? position(range[0]) : null;
+  };
+  const locate = (path: KeyPath, atKey = false): string => {
+    if (atKey && path.length > 0) {
+      const at = keyPosition(path);
+      if (at) return at;
+    }
     for (let n = path.length; n >= 0; n--) {
       const node = doc.getIn(path.slice(0, n), true) as { range?: [number, number, number] };
       if (node && typeof node === "object" && node.range) return position(node.range[0]);
-      // A key with a null value has no node; point at the key itself in its parent map.
-      const parent = n > 0 ? doc.getIn(path.slice(0, n - 1), true) : doc.contents;
-      if (isMap(parent)) {
-        const pair = parent.items.find((p) =>
-          (p.key as { value?: unknown })?.value === path[n - 1]
-        );
-        const keyRange = (pair?.key as { range?: [number, number, number] })?.range;
-        if (keyRange) return position(keyRange[0]);
-      }
+      // A key with a null value has no node: point at the key itself.
+      const at = n > 0 ? keyPosition(path.slice(0, n)) : null;
+      if (at) return at;
     }
     return file;
   };
