@@ -2,9 +2,11 @@
  * argv -> a typed Command. Pure: no I/O, no Deno.* (the pkgx way), tested on its own.
  * Flags that change the configuration become Overrides on lychd.yaml's keys, so that flags
  * and the file go through one validation (lib/config/validate.ts).
+ * The flag parser is our own, not node:util's parseArgs: loading node:util costs ~9 ms of
+ * start-up, a third of `lychd --version`.
  */
-import { parseArgs } from "node:util";
 import type { Override } from "./config/yaml.ts";
+import { suggest } from "./suggest.ts";
 import { UsageError } from "./errors.ts";
 
 export interface ConfigOptions {
@@ -26,18 +28,21 @@ export type Command =
   }
   | { kind: "render"; config: ConfigOptions; out: string; force: boolean };
 
-const CONFIG_FLAGS = {
-  engines: { type: "string" },
-  active: { type: "string" },
-  model: { type: "string", multiple: true },
-  image: { type: "string", multiple: true },
-  gpu: { type: "string" },
-  "model-cache": { type: "string" },
-  "hf-token-secret": { type: "string" },
-  config: { type: "string" },
-  system: { type: "boolean" },
-  help: { type: "boolean", short: "h" },
-} as const;
+/** A flag takes one value ("string"), may repeat ("list"), or takes none ("boolean"). */
+type FlagKind = "string" | "list" | "boolean";
+
+const CONFIG_FLAGS: Record<string, FlagKind> = {
+  engines: "string",
+  active: "string",
+  model: "list",
+  image: "list",
+  gpu: "string",
+  "model-cache": "string",
+  "hf-token-secret": "string",
+  config: "string",
+  system: "boolean",
+  help: "boolean",
+};
 
 export function parseCommand(argv: string[]): Command {
   const [first, ...rest] = argv;
@@ -48,9 +53,9 @@ export function parseCommand(argv: string[]): Command {
     case "init": {
       const v = parse(rest, {
         ...CONFIG_FLAGS,
-        "dry-run": { type: "boolean" },
-        force: { type: "boolean" },
-        "no-reload": { type: "boolean" },
+        "dry-run": "boolean",
+        force: "boolean",
+        "no-reload": "boolean",
       }, "init");
       if (v.help) return { kind: "help", topic: "init" };
       return {
@@ -64,8 +69,8 @@ export function parseCommand(argv: string[]): Command {
     case "render": {
       const v = parse(rest, {
         ...CONFIG_FLAGS,
-        out: { type: "string" },
-        force: { type: "boolean" },
+        out: "string",
+        force: "boolean",
       }, "render");
       if (v.help) return { kind: "help", topic: "render" };
       if (typeof v.out !== "string" || v.out === "") {
@@ -80,25 +85,40 @@ export function parseCommand(argv: string[]): Command {
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
-function parse(args: string[], options: Record<string, unknown>, command: string): Values {
-  try {
-    const { values, positionals } = parseArgs({
-      args,
-      // deno-lint-ignore no-explicit-any
-      options: options as any,
-      strict: true,
-      allowPositionals: true,
-    });
-    if (positionals.length > 0) {
-      throw new UsageError(
-        `lychd ${command} takes no argument "${positionals[0]}"; see lychd ${command} --help`,
-      );
+/** `--flag value`, `--flag=value`, `-h`; no positionals; every mistake a UsageError. */
+export function parse(args: string[], flags: Record<string, FlagKind>, command: string): Values {
+  const values: Values = {};
+  const help = `See \`lychd ${command} --help\`.`;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "-h") {
+      values.help = true;
+      continue;
     }
-    return values as Values;
-  } catch (e) {
-    if (e instanceof UsageError) throw e;
-    throw new UsageError(`${(e as Error).message}. See \`lychd ${command} --help\`.`);
+    if (!arg.startsWith("--") || arg === "--") {
+      throw new UsageError(`lychd ${command} takes no argument "${arg}". ${help}`);
+    }
+    const eq = arg.indexOf("=");
+    const name = arg.slice(2, eq < 0 ? undefined : eq);
+    const kind = flags[name];
+    if (!kind) {
+      const hint = suggest(name, Object.keys(flags)).replace(/"([^"]+)"/, '"--$1"');
+      throw new UsageError(`unknown option --${name}${hint}. ${help}`);
+    }
+    if (kind === "boolean") {
+      if (eq >= 0) throw new UsageError(`--${name} takes no value. ${help}`);
+      values[name] = true;
+      continue;
+    }
+    let value: string;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else if (i + 1 < args.length) value = args[++i];
+    else throw new UsageError(`--${name} needs a value. ${help}`);
+    if (kind === "list") values[name] = [...(values[name] as string[] | undefined ?? []), value];
+    else if (values[name] !== undefined) throw new UsageError(`--${name} is given twice. ${help}`);
+    else values[name] = value;
   }
+  return values;
 }
 
 function configOptions(v: Values): ConfigOptions {

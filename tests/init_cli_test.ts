@@ -274,7 +274,7 @@ Deno.test("--help, <command> --help and --version", async () => {
     assertMatch(version.stdout, /^lychd \d+\.\d+\.\d+ \(deno 2\.\d+\.\d+\)$/m);
     const bad = await sb.run(["init", "--modle", "x"]);
     assertEquals(bad.code, 2);
-    assertMatch(bad.stderr, /Unknown option '--modle'/);
+    assertMatch(bad.stderr, /unknown option --modle \(did you mean "--model"\?\)/);
   } finally {
     await sb.cleanup();
   }

@@ -8,14 +8,8 @@ import { ConfigError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import type { Locations } from "../paths.ts";
 import type { LychdConfig } from "./types.ts";
-import { validateConfig } from "./validate.ts";
-import {
-  isPlainObject,
-  type KeyPath,
-  type Override,
-  parseConfigText,
-  updateConfigText,
-} from "./yaml.ts";
+import { isPlainObject, validateConfig } from "./validate.ts";
+import { type KeyPath, type Override, parseConfigText, updateConfigText } from "./yaml.ts";
 
 export interface LoadedConfig {
   config: LychdConfig;

@@ -12,7 +12,8 @@ import {
 import { ConfigError, type Problem } from "../errors.ts";
 import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
 import { CONTROL_CHARACTER } from "../units/systemd.ts";
-import { isPlainObject, type KeyPath } from "./yaml.ts";
+import type { KeyPath } from "./yaml.ts";
+import { suggest } from "../suggest.ts";
 
 export const ENGINE_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
 const ENGINE_NAME_MAX = 32;
@@ -451,6 +452,10 @@ export function parseDuration(raw: unknown): number | null {
   return Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
 }
 
+export function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
 function dirname(p: string): string {
   return p.slice(0, p.lastIndexOf("/")) || "/";
 }
@@ -460,29 +465,4 @@ function describe(v: unknown): string {
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a mapping";
   return `${typeof v} ${JSON.stringify(v)}`;
-}
-
-/** ' (did you mean "x"?)' when a known name is within two edits of `word`. */
-export function suggest(word: string, known: readonly string[]): string {
-  let best: string | null = null;
-  let bestDistance = 3;
-  for (const k of known) {
-    const d = editDistance(word, k);
-    if (d < bestDistance) [best, bestDistance] = [k, d];
-  }
-  return best ? ` (did you mean "${best}"?)` : "";
-}
-
-function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = row[0];
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const cur = row[j];
-      row[j] = Math.min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = cur;
-    }
-  }
-  return row[b.length];
 }

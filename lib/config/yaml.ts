@@ -2,7 +2,7 @@
  * lychd.yaml as text: parsing with positions for error messages, and updating the file with
  * flag values while keeping the user's comments and layout (yaml's Document API).
  */
-import { isMap, isSeq, LineCounter, parseDocument, stringify } from "yaml";
+import { isMap, LineCounter, parseDocument, stringify } from "yaml";
 import { ConfigError } from "../errors.ts";
 
 export type KeyPath = (string | number)[];
@@ -87,10 +87,3 @@ const CONFIG_HEADER =
   `# lychd configuration, written by the first \`lychd init\`; later runs read it and
 # command-line flags override it. Reference: README.md, section "Configuration".
 `;
-
-/** Whether a parsed value is a plain mapping (not a list, not a scalar). */
-export function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-export { isMap, isSeq };

@@ -1,0 +1,2 @@
+// The baseline for scripts/bench.ts: the cost of starting Deno at all.
+console.log("hello");
