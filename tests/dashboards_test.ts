@@ -6,30 +6,9 @@ import { DASHBOARDS } from "../lib/dashboards.ts";
 import { DATASOURCE_UID } from "../lib/engines.ts";
 import { renderDashboards } from "../scripts/gen_dashboards.ts";
 import { assert, assertDeep, assertEquals } from "./support/assert.ts";
+import { type Panel, panels, substitute } from "./support/dashboards.ts";
 import { promtool } from "./support/prom.ts";
 import { requireTools } from "./support/tools.ts";
-
-interface Target {
-  expr: string;
-  datasource: { uid: string };
-}
-interface Panel {
-  id: number;
-  type: string;
-  title: string;
-  datasource?: { uid: string };
-  targets?: Target[];
-}
-
-export function panels(file: string): Panel[] {
-  return (JSON.parse(DASHBOARDS[file]).panels as Panel[]).filter((p) => p.type !== "row");
-}
-
-/** Grafana's placeholders replaced the way Grafana would for a 5 s scrape interval. */
-export function substitute(expr: string): string {
-  return expr.replaceAll("$__rate_interval", "1m").replaceAll("$__interval", "15s")
-    .replaceAll("$model", ".*");
-}
 
 Deno.test("dashboards: the committed JSON is what scripts/gen_dashboards.ts generates", () => {
   assertDeep(Object.keys(DASHBOARDS).sort(), Object.keys(renderDashboards()).sort());

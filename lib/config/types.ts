@@ -1,4 +1,4 @@
-import type { GpuVendor, MetricsDialect } from "../engines.ts";
+import type { GpuVendor } from "../engines.ts";
 
 /** A validated lychd.yaml merged with flags. Every field is checked and safe to render. */
 export interface LychdConfig {
@@ -35,5 +35,4 @@ export interface CartridgeSettings {
   port: number | null;
   healthPath: string | null;
   metricsPath: string | null;
-  dialect: MetricsDialect | null;
 }

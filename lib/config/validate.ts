@@ -3,12 +3,7 @@
  * Pure. Each rule rejects anything that could break out of the line or value it lands in inside
  * a unit file; what passes is escaped when rendered (lib/units/systemd.ts).
  */
-import {
-  BUILTIN_NAMES,
-  builtinCartridge,
-  DEFAULT_ENGINES,
-  type MetricsDialect,
-} from "../engines.ts";
+import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
 import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
 import { CONTROL_CHARACTER } from "../units/systemd.ts";
@@ -24,7 +19,6 @@ const URL_PATH = /^\/[A-Za-z0-9._~\/-]*$/;
 const HOST_PATH = /^\/[A-Za-z0-9._\/@+~-]*$/;
 const PROM_DURATION = /^[1-9][0-9]*(ms|s|m|h)$/;
 const PROM_RETENTION = /^[1-9][0-9]*(h|d|w|y)$/;
-const DIALECTS: readonly MetricsDialect[] = ["vllm", "sglang", "llamacpp"];
 const VALUE_MAX = 4096;
 
 const TOP_KEYS = [
@@ -49,9 +43,8 @@ const CARTRIDGE_KEYS = [
   "port",
   "health_path",
   "metrics_path",
-  "dialect",
 ] as const;
-const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path", "dialect"];
+const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path"];
 const HARVESTER_KEYS = ["image", "scrape_interval", "retention"] as const;
 const SCRIBE_KEYS = ["image"] as const;
 
@@ -72,7 +65,6 @@ export function defaultSettings(): CartridgeSettings {
     port: null,
     healthPath: null,
     metricsPath: null,
-    dialect: null,
   };
 }
 
@@ -223,7 +215,6 @@ class Validator {
         "metrics_path",
         (v, p) => this.pattern(v, p, URL_PATH, "a URL path like /metrics"),
       ),
-      dialect: opt("dialect", (v, p) => this.oneOf(v, p, DIALECTS)),
     };
   }
 
@@ -272,13 +263,6 @@ class Validator {
     const s = this.string(raw, path);
     if (s === null) return null;
     return re.test(s) ? s : this.fail(path, `${JSON.stringify(s)} is not ${expected}`);
-  }
-
-  oneOf<T extends string>(raw: unknown, path: KeyPath, allowed: readonly T[]): T | null {
-    const s = this.string(raw, path);
-    if (s === null) return null;
-    if ((allowed as readonly string[]).includes(s)) return s as T;
-    return this.fail(path, `"${s}" is not one of: ${allowed.join(", ")}${suggest(s, allowed)}`);
   }
 
   model(raw: unknown, path: KeyPath): string | null {

@@ -123,7 +123,7 @@ export function resolveEngines(config: LychdConfig): Engine[] {
       healthPath: settings.healthPath ?? "/health",
       metricsPath: settings.metricsPath ?? "/metrics",
       model: settings.model,
-      dialect: settings.dialect,
+      dialect: null,
       gpu,
       settings,
       cartridge: null,

@@ -1,0 +1,181 @@
+/**
+ * The dashboards and recording rules against a REAL Prometheus (Debian's package) scraping a
+ * small server that plays each engine's /metrics (tests/fixtures/metrics/; llama.cpp's is a
+ * real capture). For each engine: every query of its own dashboard returns data, every overview
+ * query returns data exactly where the engine can support it (never faked), and no other
+ * engine's dashboard shows anything. Then a swap: the overview shows both periods and which
+ * engine served when.
+ */
+import type { Override } from "../lib/config/yaml.ts";
+import { assert, assertDeep, assertEquals } from "./support/assert.ts";
+import { startMetricsServer } from "./support/metrics_fixtures.ts";
+import { writePrometheusFiles } from "./support/prom.ts";
+import { type PrometheusServer, startPrometheus } from "./support/prometheus_server.ts";
+import { requireTools } from "./support/tools.ts";
+import { planFor } from "./support/units.ts";
+import { panels, substitute } from "./support/dashboards.ts";
+
+const ignore = requireTools("prometheus", "promtool");
+const ENGINES = ["vllm", "sglang", "llama"] as const;
+const FAST: Override[] = [{ path: ["harvester", "scrape_interval"], value: "1s", flag: "test" }];
+
+/** Overview series an engine has no equivalent for: they must stay absent. */
+const UNSUPPORTED: Record<string, string[]> = {
+  vllm: [],
+  sglang: [],
+  llama: [
+    "lychd:requests:rate1m",
+    "lychd:time_to_first_token_seconds:p95_1m",
+    "lychd:time_to_first_token_seconds:avg_1m",
+    "lychd:inter_token_latency_seconds:p95_1m",
+    "lychd:e2e_request_latency_seconds:p95_1m",
+    "lychd:e2e_request_latency_seconds:avg_1m",
+    "lychd:kv_cache_usage_ratio",
+  ],
+};
+
+function targets(file: string): { panel: string; expr: string }[] {
+  return panels(file).flatMap((p) =>
+    p.targets!.map((t) => ({ panel: p.title, expr: substitute(t.expr) }))
+  );
+}
+
+async function hasData(prom: PrometheusServer, expr: string): Promise<boolean> {
+  const r = await prom.query(expr);
+  return r.some((s) => Number.isFinite(Number(s.value[1])));
+}
+
+/** Poll until every expr has data (or the deadline); returns the ones that still have none. */
+async function waitForData(
+  prom: PrometheusServer,
+  exprs: string[],
+  seconds = 30,
+): Promise<string[]> {
+  const deadline = Date.now() + seconds * 1000;
+  let missing = exprs;
+  while (missing.length > 0 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 500));
+    const still: string[] = [];
+    for (const e of missing) if (!(await hasData(prom, e))) still.push(e);
+    missing = still;
+  }
+  return missing;
+}
+
+async function withStack(
+  engine: string,
+  fn: (prom: PrometheusServer, serve: (e: string) => void) => Promise<void>,
+) {
+  const metrics = await startMetricsServer(engine);
+  const dir = await Deno.makeTempDir({ prefix: "lychd-obs-" });
+  let prom: PrometheusServer | null = null;
+  try {
+    const config = await writePrometheusFiles(
+      planFor(null, FAST),
+      dir,
+      `127.0.0.1:${metrics.port}`,
+    );
+    prom = await startPrometheus(config);
+    await fn(prom, (e) => metrics.serve(e));
+  } finally {
+    await prom?.stop();
+    await metrics.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+for (const engine of ENGINES) {
+  Deno.test({
+    name: `observability (real Prometheus): ${engine}'s dashboard, the overview, and no cross-talk`,
+    ignore,
+    async fn() {
+      await withStack(engine, async (prom) => {
+        const own = targets(`soulstone-${engine}.json`);
+        const missing = await waitForData(prom, own.map((t) => t.expr));
+        assertDeep(
+          own.filter((t) => missing.includes(t.expr)).map((t) => t.panel),
+          [],
+          `panels of soulstone-${engine}.json without data`,
+        );
+
+        const overview = targets("lychd-vessel.json");
+        const unsupported = (expr: string) => UNSUPPORTED[engine].some((u) => expr === u);
+        const expected = overview.filter((t) => !unsupported(t.expr)).map((t) => t.expr);
+        const stillMissing = await waitForData(prom, expected);
+        assertDeep(stillMissing, [], `overview queries without data for ${engine}`);
+        for (const expr of UNSUPPORTED[engine]) {
+          assertEquals(await hasData(prom, expr), false, `${expr} must stay absent for ${engine}`);
+        }
+        for (const t of overview.filter((t) => t.expr.startsWith("lychd:"))) {
+          for (const s of await prom.query(t.expr)) assertEquals(s.metric.engine, engine, t.expr);
+        }
+
+        for (const other of ENGINES.filter((e) => e !== engine)) {
+          for (const t of targets(`soulstone-${other}.json`)) {
+            assertEquals(
+              await hasData(prom, t.expr),
+              false,
+              `${other}'s "${t.panel}" shows ${engine} data`,
+            );
+          }
+        }
+
+        // Figures for the closing note: what the rules cost on a small host.
+        const series = await prom.query('count({__name__=~"lychd:.+"})');
+        const groups = await prom.rules();
+        console.log(
+          `  [${engine}] lychd: series recorded: ${series[0]?.value[1] ?? 0}; rule evaluation: ` +
+            groups.map((g) => `${g.name} ${(g.evaluationTime * 1000).toFixed(2)} ms`).join(", "),
+        );
+      });
+    },
+  });
+}
+
+Deno.test({
+  name:
+    "observability (real Prometheus): after a swap the overview shows both periods and who served when",
+  ignore,
+  async fn() {
+    await withStack("vllm", async (prom, serve) => {
+      const t0 = Date.now() / 1000;
+      assertDeep(
+        await waitForData(prom, [
+          'lychd:engine_serving{engine="vllm"}',
+          "lychd:generation_tokens:rate1m",
+        ]),
+        [],
+      );
+      await new Promise((r) => setTimeout(r, 2000));
+      const swapAt = Date.now() / 1000;
+      serve("llama");
+      assertDeep(await waitForData(prom, ['lychd:engine_serving{engine="llama"}']), []);
+      await new Promise((r) => setTimeout(r, 3000));
+      const end = Date.now() / 1000;
+
+      const serving = await prom.queryRange("lychd:engine_serving", t0 - 1, end, 1);
+      assertDeep(serving.map((s) => s.metric.engine).sort(), ["llama", "vllm"]);
+      const span = (e: string) => {
+        const values = serving.find((s) => s.metric.engine === e)!.values.map((v) => v[0]);
+        return [Math.min(...values), Math.max(...values)];
+      };
+      const [, vllmLast] = span("vllm");
+      const [llamaFirst, llamaLast] = span("llama");
+      assert(
+        vllmLast <= swapAt + 2,
+        `vllm still marked serving ${vllmLast - swapAt}s after the swap`,
+      );
+      assert(llamaFirst >= swapAt - 1, "llama marked serving before the swap");
+      assert(llamaLast >= end - 2, "llama not serving at the end");
+      // Current state: only llama serves; the generated-token history holds both engines.
+      assertDeep((await prom.query("lychd:engine_serving")).map((s) => s.metric.engine), ["llama"]);
+      const tokens = await prom.queryRange("lychd:generation_tokens:rate1m", t0 - 1, end, 1);
+      assertDeep(tokens.map((s) => s.metric.engine).sort(), ["llama", "vllm"]);
+      const up = await prom.queryRange('up{job="soulstone"}', t0 - 1, end, 1);
+      assert(
+        up.length === 1 && up[0].values.every((v) => v[1] === "1"),
+        "port 8081 was scraped throughout",
+      );
+    });
+  },
+});
