@@ -28,6 +28,26 @@ async function main(argv: string[]): Promise<number> {
       const { render } = await import("./lib/commands/init.ts");
       return await render(denoHost, command);
     }
+    case "swap": {
+      const { swap } = await import("./lib/commands/swap.ts");
+      return await swap(denoHost, command);
+    }
+    case "status": {
+      const { status } = await import("./lib/commands/status.ts");
+      return await status(denoHost, command);
+    }
+    case "stop": {
+      const { stop } = await import("./lib/commands/stop.ts");
+      return await stop(denoHost, command);
+    }
+    case "logs": {
+      const { logs } = await import("./lib/commands/logs.ts");
+      return await logs(denoHost, command);
+    }
+    case "doctor": {
+      const { doctor } = await import("./lib/commands/doctor.ts");
+      return await doctor(denoHost, command);
+    }
   }
 }
 

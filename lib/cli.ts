@@ -7,6 +7,7 @@
  */
 import type { Override } from "./config/yaml.ts";
 import { suggest } from "./suggest.ts";
+import { parseDuration } from "./duration.ts";
 import { UsageError } from "./errors.ts";
 
 export interface ConfigOptions {
@@ -26,10 +27,29 @@ export type Command =
     force: boolean;
     reload: boolean;
   }
-  | { kind: "render"; config: ConfigOptions; out: string; force: boolean };
+  | { kind: "render"; config: ConfigOptions; out: string; force: boolean }
+  | {
+    kind: "swap";
+    config: ConfigOptions;
+    engine: string;
+    timeoutSec: number | null;
+    wait: boolean;
+    rollback: boolean;
+  }
+  | { kind: "status"; config: ConfigOptions; json: boolean }
+  | { kind: "stop"; config: ConfigOptions; all: boolean }
+  | { kind: "logs"; config: ConfigOptions; target: string | null; follow: boolean; lines: number }
+  | { kind: "doctor"; config: ConfigOptions };
 
 /** A flag takes one value ("string"), may repeat ("list"), or takes none ("boolean"). */
 type FlagKind = "string" | "list" | "boolean";
+
+/** Flags of the commands that operate what init wrote: which setup, not what it contains. */
+const SETUP_FLAGS: Record<string, FlagKind> = {
+  config: "string",
+  system: "boolean",
+  help: "boolean",
+};
 
 const CONFIG_FLAGS: Record<string, FlagKind> = {
   engines: "string",
@@ -78,25 +98,113 @@ export function parseCommand(argv: string[]): Command {
       }
       return { kind: "render", config: configOptions(v), out: v.out, force: v.force === true };
     }
+    case "swap": {
+      const v = parse(
+        rest,
+        {
+          ...SETUP_FLAGS,
+          timeout: "string",
+          "no-wait": "boolean",
+          "no-rollback": "boolean",
+        },
+        "swap",
+        ["ENGINE"],
+      );
+      if (v.help) return { kind: "help", topic: "swap" };
+      const [engine] = v._ as string[];
+      if (!engine) throw new UsageError("swap needs the engine to switch to: lychd swap ENGINE");
+      let timeoutSec: number | null = null;
+      if (typeof v.timeout === "string") {
+        timeoutSec = parseDuration(v.timeout);
+        if (timeoutSec === null || timeoutSec < 1) {
+          throw new UsageError(
+            `--timeout takes a duration such as 90s, 15m or 1h, got "${v.timeout}"`,
+          );
+        }
+      }
+      return {
+        kind: "swap",
+        config: configOptions(v),
+        engine,
+        timeoutSec,
+        wait: v["no-wait"] !== true,
+        rollback: v["no-rollback"] !== true,
+      };
+    }
+    case "status": {
+      const v = parse(rest, { ...SETUP_FLAGS, json: "boolean" }, "status");
+      if (v.help) return { kind: "help", topic: "status" };
+      return { kind: "status", config: configOptions(v), json: v.json === true };
+    }
+    case "stop": {
+      const v = parse(rest, { ...SETUP_FLAGS, all: "boolean" }, "stop");
+      if (v.help) return { kind: "help", topic: "stop" };
+      return { kind: "stop", config: configOptions(v), all: v.all === true };
+    }
+    case "logs": {
+      const v = parse(rest, { ...SETUP_FLAGS, follow: "boolean", lines: "string" }, "logs", [
+        "TARGET",
+      ], {
+        f: "follow",
+        n: "lines",
+      });
+      if (v.help) return { kind: "help", topic: "logs" };
+      const lines = v.lines === undefined ? 50 : Number(v.lines);
+      if (!Number.isInteger(lines) || lines < 1) {
+        throw new UsageError(`--lines takes a positive number, got "${v.lines}"`);
+      }
+      const [target] = v._ as string[];
+      return {
+        kind: "logs",
+        config: configOptions(v),
+        target: target ?? null,
+        follow: v.follow === true,
+        lines,
+      };
+    }
+    case "doctor": {
+      const v = parse(rest, SETUP_FLAGS, "doctor");
+      if (v.help) return { kind: "help", topic: "doctor" };
+      return { kind: "doctor", config: configOptions(v) };
+    }
     default:
       throw new UsageError(`unknown command "${first}". Run \`lychd --help\` for the commands.`);
   }
 }
 
-type Values = Record<string, string | boolean | string[] | undefined>;
+type Values = Record<string, string | boolean | string[] | undefined> & { _?: string[] };
 
-/** `--flag value`, `--flag=value`, `-h`; no positionals; every mistake a UsageError. */
-export function parse(args: string[], flags: Record<string, FlagKind>, command: string): Values {
-  const values: Values = {};
+/**
+ * `--flag value`, `--flag=value`, `-x` short forms, and up to `positionals.length` plain
+ * arguments (in `_`); every mistake a UsageError.
+ */
+export function parse(
+  args: string[],
+  flags: Record<string, FlagKind>,
+  command: string,
+  positionals: string[] = [],
+  short: Record<string, string> = {},
+): Values {
+  const values: Values = { _: [] };
   const help = `See \`lychd ${command} --help\`.`;
   for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (arg === "-h") {
-      values.help = true;
+    let arg = args[i];
+    if (arg === "-h") arg = "--help";
+    else if (/^-[a-zA-Z]$/.test(arg) && short[arg[1]]) arg = `--${short[arg[1]]}`;
+    if (!arg.startsWith("-")) {
+      if (values._!.length >= positionals.length) {
+        throw new UsageError(
+          `lychd ${command} takes ${
+            positionals.length ? `only ${positionals.join(" ")}` : "no argument"
+          }, ` +
+            `not "${arg}". ${help}`,
+        );
+      }
+      values._!.push(arg);
       continue;
     }
     if (!arg.startsWith("--") || arg === "--") {
-      throw new UsageError(`lychd ${command} takes no argument "${arg}". ${help}`);
+      throw new UsageError(`unknown option ${arg}. ${help}`);
     }
     const eq = arg.indexOf("=");
     const name = arg.slice(2, eq < 0 ? undefined : eq);

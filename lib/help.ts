@@ -20,7 +20,12 @@ Usage: lychd <command> [options]
 Commands:
   init      write the Quadlet units, Prometheus and Grafana config, and reload systemd
   render    write the same files into a folder, touching nothing else
-  help      help for a command: lychd help init
+  swap      make an engine the one on port 8081; returns when it really serves
+  status    which engine runs, whether it is healthy, the watchers' URLs
+  stop      stop the engine (--all: the watchers too)
+  logs      an engine's or watcher's journal
+  doctor    check this host: Podman, Quadlet, systemd, GPU access, ports, lychd's files
+  help      help for a command: lychd help swap
 
 Options:
   -h, --help     this help
@@ -65,6 +70,60 @@ Options:
 ${CONFIG_FLAGS}
 `,
 };
+
+const SETUP = `  --system       the root setup (/etc/containers/systemd) instead of the user's
+  --config FILE  lychd.yaml to read (default: the mode's usual place)`;
+
+Object.assign(HELP, {
+  swap: `Usage: lychd swap ENGINE [--timeout DURATION] [--no-wait] [--no-rollback]
+
+Makes ENGINE the engine on 127.0.0.1:8081 and the one that starts at boot. systemd
+stops the running engine first (Conflicts= and After= in the units), then starts ENGINE;
+lychd waits until its health path answers 200 and /v1/models lists its model, showing
+the phase and the elapsed time, and reports how long each phase took. If the unit fails
+or readiness times out, it prints the end of the journal and brings back the engine that
+served before (and waits for it too). Two swaps never interleave: the second waits.
+
+Options:
+  --timeout DURATION  how long to wait for readiness (default: the engine's start_timeout, 15m)
+  --no-wait           return once the container runs
+  --no-rollback       on failure, leave things as they are
+${SETUP}
+
+Exit codes: 0 ENGINE serves (or already did); 1 the swap failed and the previous engine
+serves again; 2 bad arguments; 4 the swap failed and nothing serves.
+`,
+  status: `Usage: lychd status [--json]
+
+Every soulstone's unit state, which one is active and whether it is healthy (its health
+path and /v1/models on 127.0.0.1:8081), the model(s) it serves, the harvester and scribe
+with their URLs. --json prints the same as a stable, versioned object (README).
+
+Exit codes: 0 an engine is active and healthy; 1 active but not healthy; 3 none active.
+${SETUP}
+`,
+  stop: `Usage: lychd stop [--all]
+
+Stops the engine; the harvester and scribe keep running. --all stops them too.
+${SETUP}
+`,
+  logs: `Usage: lychd logs [ENGINE|harvester|scribe] [-f] [-n N]
+
+Shows a unit's journal: by default the active engine (or the last one that ran).
+  -f, --follow     keep printing new lines
+  -n, --lines N    how many lines (default 50)
+${SETUP}
+`,
+  doctor: `Usage: lychd doctor
+
+Checks this host: Podman (4.5+; which 5.x features it lacks), the Quadlet generator,
+systemd, linger (user mode), the NVIDIA CDI spec and nvidia-smi (NVIDIA engines),
+/dev/kfd and /dev/dri (AMD), ports 8081/9090/3000 free or held by lychd's own units, and
+the files init wrote present and unmodified. Each check passes, warns or fails with the
+fix. Exit 1 if any check fails.
+${SETUP}
+`,
+});
 
 export function helpText(topic: string | null): string | null {
   return HELP[topic ?? "main"] ?? null;

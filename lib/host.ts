@@ -11,6 +11,10 @@ export interface RunResult {
   stderr: string;
 }
 
+export type HttpResult = { status: number; body: string } | {
+  error: "refused" | "timeout" | string;
+};
+
 export interface Host {
   env(name: string): string | undefined;
   /** The file's bytes, or null if it does not exist. */
@@ -22,6 +26,21 @@ export interface Host {
   /** Create a folder and its parents; existing folders keep their mode. */
   mkdirp(path: string, mode: number): Promise<void>;
   run(program: string, args: string[], stdin?: Uint8Array): Promise<RunResult>;
+  /** Run with the terminal attached (e.g. `journalctl -f`); returns the exit code. */
+  runAttached(program: string, args: string[]): Promise<number>;
+  exists(path: string): Promise<boolean>;
+  /** GET on a loopback URL, never throwing: connection refused and timeouts are results. */
+  httpGet(url: string, timeoutMs: number): Promise<HttpResult>;
+  /**
+   * Take an exclusive lock on `path` (created if missing), waiting up to `timeoutMs`;
+   * `onWait` is called once if the lock is not free at once. Released by the returned
+   * function or, whatever happens, when the process ends (flock).
+   */
+  lock(path: string, timeoutMs: number, onWait: () => void): Promise<() => void>;
+  /** Milliseconds on the wall clock, with sub-millisecond precision. */
+  now(): number;
+  sleep(ms: number): Promise<void>;
+  isTerminal(): boolean;
   randomBytes(n: number): Uint8Array;
   out(text: string): void;
   err(text: string): void;
@@ -105,6 +124,71 @@ export const denoHost: Host = {
     }
   },
 
+  async runAttached(program, args) {
+    try {
+      const r = await new Deno.Command(program, {
+        args,
+        stdin: "inherit",
+        stdout: "inherit",
+        stderr: "inherit",
+      })
+        .output();
+      return r.code;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return 127;
+      throw e;
+    }
+  },
+
+  async exists(path) {
+    try {
+      await Deno.stat(path);
+      return true;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return false;
+      throw e;
+    }
+  },
+
+  async httpGet(url, timeoutMs) {
+    try {
+      const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+      return { status: r.status, body: await r.text() };
+    } catch (e) {
+      const text = String((e as Error)?.message ?? e);
+      if ((e as Error)?.name === "TimeoutError") return { error: "timeout" };
+      if (/refused|ECONNREFUSED/i.test(text)) return { error: "refused" };
+      return { error: text };
+    }
+  },
+
+  async lock(path, timeoutMs, onWait) {
+    const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+    let done = false;
+    const acquired = file.lock(true).then(() => (done = true));
+    const waitTimer = setTimeout(() => done || onWait(), 150);
+    let timeout: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<"expired">((
+      r,
+    ) => (timeout = setTimeout(() => r("expired"), timeoutMs)));
+    const winner = await Promise.race([acquired, expired]);
+    clearTimeout(waitTimer);
+    clearTimeout(timeout);
+    if (winner === "expired") {
+      // The pending lock() cannot be cancelled; the caller exits, which drops it.
+      throw new Deno.errors.TimedOut(`waited ${Math.round(timeoutMs / 1000)} s for ${path}`);
+    }
+    return () => {
+      try {
+        file.unlockSync();
+        file.close();
+      } catch { /* already released */ }
+    };
+  },
+
+  now: () => performance.timeOrigin + performance.now(),
+  sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+  isTerminal: () => Deno.stdout.isTerminal(),
   randomBytes: (n) => crypto.getRandomValues(new Uint8Array(n)),
   out: (text) => void Deno.stdout.writeSync(new TextEncoder().encode(text)),
   err: (text) => void Deno.stderr.writeSync(new TextEncoder().encode(text)),

@@ -53,7 +53,7 @@ Deno.test("cli: mistakes are usage errors with a pointer to help", () => {
   assertThrows(() => parseCommand(["init", "--gpu"]), /--gpu needs a value/);
   assertThrows(() => parseCommand(["init", "--gpu", "cpu", "--gpu=amd"]), /--gpu is given twice/);
   assertThrows(() => parseCommand(["init", "--force=yes"]), /--force takes no value/);
-  assertThrows(() => parseCommand(["init", "extra"]), /takes no argument "extra"/);
+  assertThrows(() => parseCommand(["init", "extra"]), /takes no argument, not "extra"/);
   assertThrows(() => parseCommand(["init", "--model", "vllm"]), /--model takes ENGINE=VALUE/);
   assertThrows(() => parseCommand(["init", "--model", "=x"]), /--model takes ENGINE=VALUE/);
   assertThrows(() => parseCommand(["render"]), /render needs --out DIR/);

@@ -11,6 +11,7 @@ import type { Host } from "../host.ts";
 import { type Locations, locations } from "../paths.ts";
 import type { Root } from "../plan.ts";
 import { GRAFANA_ADMIN_SECRET, soulstoneService } from "../units/model.ts";
+import { LychdError } from "../errors.ts";
 
 export interface InitOptions {
   config: ConfigOptions;
@@ -22,33 +23,88 @@ export interface InitOptions {
 /** Exit code when the files were written but systemd could not be reloaded. */
 export const EXIT_NOT_RELOADED = 3;
 
-export async function init(host: Host, options: InitOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { changes, loaded, manifestPath, manifest } = await prepare(host, loc, options.config, {
+/** How long a command waits for another lychd holding the lock (init, swap). */
+const LOCK_TIMEOUT_MS = 10 * 60 * 1000;
+
+/**
+ * Run `fn` holding lychd's lock for this mode, so that two inits or swaps never interleave.
+ * The lock is an flock on <data>/lychd.lock: the kernel drops it when its holder dies, so a
+ * killed lychd never leaves a stale lock behind.
+ */
+export async function withLock<T>(host: Host, loc: Locations, fn: () => Promise<T>): Promise<T> {
+  await host.mkdirp(loc.dataDir, 0o755);
+  let release: () => void;
+  try {
+    release = await host.lock(
+      `${loc.dataDir}/lychd.lock`,
+      LOCK_TIMEOUT_MS,
+      () =>
+        host.err("Another lychd command (init or swap) is running; waiting for it to finish...\n"),
+    );
+  } catch (e) {
+    if (e instanceof Deno.errors.TimedOut) {
+      throw new LychdError(
+        `Another lychd command kept the lock too long (${e.message}); try again later.`,
+      );
+    }
+    throw e;
+  }
+  try {
+    return await fn();
+  } finally {
+    release();
+  }
+}
+
+/**
+ * Re-render and write the units with some keys changed (swap: `active`), then daemon-reload if
+ * anything changed. Refuses, writing nothing, if a file was edited.
+ */
+export async function installUnits(
+  host: Host,
+  loc: Locations,
+  configOptions: ConfigOptions,
+): Promise<{ changed: boolean }> {
+  const { changes, manifest, manifestPath } = await prepare(host, loc, configOptions, {
     quadlet: loc.quadletDir,
     data: loc.dataDir,
     config: null,
-  }, options.force);
-  const mode = `${loc.mode} mode`;
-
-  if (options.dryRun) {
-    host.out(`lychd init --dry-run (${mode}): showing what would change; nothing is written.\n\n`);
-    host.out(describeChanges(changes, true));
-    host.out(`\n${summary(changes, true)}\n`);
-    host.out(
-      `init would then create the Podman secret ${GRAFANA_ADMIN_SECRET} (Grafana's admin ` +
-        `password) if it is missing, and run \`${systemctlLine(loc, "daemon-reload")}\` ` +
-        "if any file changed.\n",
-    );
-    return conflictError(changes) ? 1 : 0;
-  }
-
+  }, false);
   const conflict = conflictError(changes);
-  if (conflict) throw conflict;
+  if (conflict) {
+    throw new LychdError(`${conflict.message}\nRun \`lychd init\` to see and resolve this first.`);
+  }
   const changed = changes.some((c) => ["create", "update", "remove"].includes(c.action));
+  if (!changed) return { changed };
   await applyChanges(changes, manifest, manifestPath, host);
+  const r = await host.run("systemctl", [...loc.systemctlScope, "daemon-reload"]);
+  if (r.code !== 0) {
+    throw new LychdError(
+      `\`${systemctlLine(loc, "daemon-reload")}\` failed: ${r.stderr.trim() || `exit ${r.code}`}`,
+    );
+  }
+  return { changed };
+}
+
+export async function init(host: Host, options: InitOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  if (options.dryRun) return await dryRun(host, loc, options);
+  // The whole read-compare-write under the lock: a concurrent init or swap never interleaves.
+  const outcome = await withLock(host, loc, async () => {
+    const { changes, loaded, manifestPath, manifest } = await prepare(host, loc, options.config, {
+      quadlet: loc.quadletDir,
+      data: loc.dataDir,
+      config: null,
+    }, options.force);
+    const conflict = conflictError(changes);
+    if (conflict) throw conflict;
+    await applyChanges(changes, manifest, manifestPath, host);
+    return { changes, loaded };
+  });
+  const { changes, loaded } = outcome;
+  const changed = changes.some((c) => ["create", "update", "remove"].includes(c.action));
   await ensureDirectories(host, loaded.plan.directories);
-  host.out(`lychd init (${mode}), config ${loaded.configPath}\n`);
+  host.out(`lychd init (${loc.mode} mode), config ${loaded.configPath}\n`);
   host.out(describeChanges(changes, false));
   host.out(`${summary(changes, false)}\n`);
 
@@ -80,6 +136,25 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
     })\n`,
   );
   return 0;
+}
+
+async function dryRun(host: Host, loc: Locations, options: InitOptions): Promise<number> {
+  const { changes } = await prepare(host, loc, options.config, {
+    quadlet: loc.quadletDir,
+    data: loc.dataDir,
+    config: null,
+  }, options.force);
+  host.out(
+    `lychd init --dry-run (${loc.mode} mode): showing what would change; nothing is written.\n\n`,
+  );
+  host.out(describeChanges(changes, true));
+  host.out(`\n${summary(changes, true)}\n`);
+  host.out(
+    `init would then create the Podman secret ${GRAFANA_ADMIN_SECRET} (Grafana's admin ` +
+      `password) if it is missing, and run \`${systemctlLine(loc, "daemon-reload")}\` ` +
+      "if any file changed.\n",
+  );
+  return conflictError(changes) ? 1 : 0;
 }
 
 export interface RenderOptions {
@@ -189,7 +264,7 @@ async function ensureGrafanaSecret(host: Host, loc: Locations): Promise<void> {
   }
 }
 
-function systemctlLine(loc: Locations, args: string): string {
+export function systemctlLine(loc: Locations, args: string): string {
   return ["systemctl", ...loc.systemctlScope, args].join(" ");
 }
 

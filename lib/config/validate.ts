@@ -9,6 +9,9 @@ import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
 import { CONTROL_CHARACTER } from "../units/systemd.ts";
 import type { KeyPath } from "./yaml.ts";
 import { suggest } from "../suggest.ts";
+import { parseDuration } from "../duration.ts";
+
+export { parseDuration };
 
 export const ENGINE_NAME = /^[a-z][a-z0-9]*(-[a-z0-9]+)*$/;
 const ENGINE_NAME_MAX = 32;
@@ -424,16 +427,6 @@ export function imageProblem(ref: string): string | null {
     return `${JSON.stringify(ref)} is not pinned: give a version tag or a digest, not latest`;
   }
   return null;
-}
-
-/** "90", 90, "90s", "15m", "1h30m" -> seconds; null if not a duration. */
-export function parseDuration(raw: unknown): number | null {
-  if (typeof raw === "number") return Number.isInteger(raw) && raw >= 0 ? raw : null;
-  if (typeof raw !== "string") return null;
-  if (/^[0-9]+$/.test(raw)) return Number(raw);
-  const m = raw.match(/^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$/);
-  if (!m || raw === "") return null;
-  return Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0);
 }
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {

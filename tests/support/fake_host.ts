@@ -1,5 +1,5 @@
 /** An in-memory Host for unit tests of commands: files in a Map, programs answered by a script. */
-import type { Host, RunResult } from "../../lib/host.ts";
+import type { Host, HttpResult, RunResult } from "../../lib/host.ts";
 
 export interface FakeHostOptions {
   env?: Record<string, string>;
@@ -54,6 +54,37 @@ export class FakeHost implements Host {
     return Promise.resolve(
       this.options.programs?.(program, args) ?? { code: 0, stdout: "", stderr: "" },
     );
+  }
+
+  runAttached(program: string, args: string[]) {
+    return this.run(program, args).then((r) => r.code);
+  }
+
+  exists(path: string) {
+    return Promise.resolve(this.files.has(path));
+  }
+
+  httpGet(_url: string, _timeoutMs: number): Promise<HttpResult> {
+    return Promise.resolve({ error: "refused" });
+  }
+
+  lock(_path: string, _timeoutMs: number, _onWait: () => void) {
+    return Promise.resolve(() => {});
+  }
+
+  clock = 1_700_000_000_000;
+
+  now() {
+    return this.clock;
+  }
+
+  sleep(ms: number) {
+    this.clock += ms;
+    return Promise.resolve();
+  }
+
+  isTerminal() {
+    return false;
   }
 
   randomBytes(n: number) {

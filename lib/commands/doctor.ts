@@ -1,0 +1,267 @@
+/**
+ * `lychd doctor`: a preflight of this host for what `init` wrote. Each check passes, warns or
+ * fails, and says how to fix it. Exit 1 if any check fails.
+ */
+import { readManifest, sha256 } from "../apply.ts";
+import type { ConfigOptions } from "../cli.ts";
+import { loadConfig } from "../config/load.ts";
+import { GRAFANA_PORT, PROMETHEUS_PORT, STANDARD_PORT } from "../engines.ts";
+import type { Host } from "../host.ts";
+import { type Locations, locations } from "../paths.ts";
+import { showUnits } from "../systemctl.ts";
+import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
+
+export type Verdict = "pass" | "warn" | "fail";
+
+export interface Check {
+  verdict: Verdict;
+  name: string;
+  detail: string;
+  fix?: string;
+}
+
+export const QUADLET_PATHS = ["/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet"];
+export const CDI_SPECS = [
+  "/etc/cdi/nvidia.yaml",
+  "/etc/cdi/nvidia.json",
+  "/var/run/cdi/nvidia.yaml",
+  "/var/run/cdi/nvidia.json",
+];
+
+export async function doctor(host: Host, options: { config: ConfigOptions }): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const { config } = await loadConfig(host, loc, options.config);
+  const engines = resolveEngines(config);
+  const checks = [
+    await checkPodman(host),
+    await checkQuadlet(host),
+    await checkSystemd(host),
+    ...(loc.mode === "user" ? [await checkLinger(host)] : []),
+    ...(engines.some((e) => e.gpu.vendor === "nvidia") ? await checkNvidia(host) : []),
+    ...(engines.some((e) => e.gpu.vendor === "amd") ? await checkAmd(host) : []),
+    ...await checkPorts(host, loc, engines),
+    ...await checkUnits(host, loc),
+  ];
+  for (const c of checks) {
+    host.out(`${c.verdict.toUpperCase().padEnd(4)}  ${c.name}: ${c.detail}\n`);
+    if (c.fix && c.verdict !== "pass") host.out(`      fix: ${c.fix}\n`);
+  }
+  const count = (v: Verdict) => checks.filter((c) => c.verdict === v).length;
+  host.out(`\n${count("pass")} passed, ${count("warn")} warnings, ${count("fail")} failed.\n`);
+  return count("fail") > 0 ? 1 : 0;
+}
+
+/** "podman version 4.9.3" -> [4, 9, 3]. */
+export function parseVersion(text: string): number[] | null {
+  const m = text.match(/(\d+)\.(\d+)(?:\.(\d+))?/);
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3] ?? 0)] : null;
+}
+
+async function checkPodman(host: Host): Promise<Check> {
+  const r = await host.run("podman", ["--version"]);
+  const name = "podman";
+  if (r.code !== 0) {
+    return {
+      verdict: "fail",
+      name,
+      detail: "not found",
+      fix: "install Podman 4.5 or newer (e.g. apt install podman)",
+    };
+  }
+  const v = parseVersion(r.stdout);
+  const text = v ? v.join(".") : r.stdout.trim();
+  if (!v || v[0] < 4 || (v[0] === 4 && v[1] < 5)) {
+    return {
+      verdict: "fail",
+      name,
+      detail: `${text}: Quadlet needs 4.4 and lychd's units use Secret= (4.5)`,
+      fix: "upgrade Podman to 4.5 or newer (Debian 12 ships 4.3.1: use Debian 13 or a backport)",
+    };
+  }
+  if (v[0] < 5) {
+    return {
+      verdict: "pass",
+      name,
+      detail: `${text}; lychd needs none of the 5.0 features (Notify=healthy, .pod units, ` +
+        "Entrypoint=, repeatable Ulimit=), which this version lacks",
+    };
+  }
+  return { verdict: "pass", name, detail: text };
+}
+
+async function checkQuadlet(host: Host): Promise<Check> {
+  for (const p of QUADLET_PATHS) {
+    if (await host.exists(p)) return { verdict: "pass", name: "Quadlet generator", detail: p };
+  }
+  return {
+    verdict: "fail",
+    name: "Quadlet generator",
+    detail: `not found (${QUADLET_PATHS.join(", ")})`,
+    fix:
+      "install a Podman package that ships Quadlet (4.4+); without it systemd never sees lychd's units",
+  };
+}
+
+async function checkSystemd(host: Host): Promise<Check> {
+  const r = await host.run("systemctl", ["--version"]);
+  if (r.code !== 0) {
+    return {
+      verdict: "fail",
+      name: "systemd",
+      detail: "systemctl not found",
+      fix: "lychd needs systemd",
+    };
+  }
+  return { verdict: "pass", name: "systemd", detail: r.stdout.split("\n")[0].trim() };
+}
+
+async function checkLinger(host: Host): Promise<Check> {
+  const user = host.env("USER") ?? host.env("HOME")?.split("/").pop() ?? "";
+  if (await host.exists(`/var/lib/systemd/linger/${user}`)) {
+    return {
+      verdict: "pass",
+      name: "linger",
+      detail: `enabled for ${user}: the units start at boot`,
+    };
+  }
+  return {
+    verdict: "warn",
+    name: "linger",
+    detail: `not enabled for ${user}: user units start only while ${user} is logged in`,
+    fix: `sudo loginctl enable-linger ${user}`,
+  };
+}
+
+async function checkNvidia(host: Host): Promise<Check[]> {
+  const checks: Check[] = [];
+  const spec = (await Promise.all(CDI_SPECS.map(async (p) => (await host.exists(p)) ? p : null)))
+    .find((p) => p);
+  checks.push(
+    spec ? { verdict: "pass", name: "NVIDIA CDI spec", detail: spec } : {
+      verdict: "fail",
+      name: "NVIDIA CDI spec",
+      detail: `missing (${CDI_SPECS.join(", ")}): AddDevice=nvidia.com/gpu=... cannot resolve`,
+      fix:
+        "install the NVIDIA Container Toolkit and run `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
+    },
+  );
+  const smi = await host.run("nvidia-smi", ["-L"]);
+  const gpus = smi.stdout.split("\n").filter((l) => l.startsWith("GPU "));
+  checks.push(
+    smi.code === 0 && gpus.length > 0
+      ? {
+        verdict: "pass",
+        name: "nvidia-smi",
+        detail: gpus.map((g) => g.replace(/ \(UUID:.*\)$/, "")).join("; "),
+      }
+      : {
+        verdict: "fail",
+        name: "nvidia-smi",
+        detail: smi.code === 127
+          ? "not found"
+          : `no GPU listed (${(smi.stderr || smi.stdout).trim() || `exit ${smi.code}`})`,
+        fix: "install the NVIDIA driver, or choose gpu: amd or cpu",
+      },
+  );
+  return checks;
+}
+
+async function checkAmd(host: Host): Promise<Check[]> {
+  const out: Check[] = [];
+  for (const dev of ["/dev/kfd", "/dev/dri"]) {
+    out.push(
+      (await host.exists(dev)) ? { verdict: "pass", name: `AMD ${dev}`, detail: "present" } : {
+        verdict: "fail",
+        name: `AMD ${dev}`,
+        detail: "missing",
+        fix: "install the amdgpu driver (ROCm); the user needs the video and render groups",
+      },
+    );
+  }
+  return out;
+}
+
+/** Listening TCP ports from /proc/net/tcp and tcp6 (state 0A). */
+export function listeningPorts(procNetTcp: string): Set<number> {
+  const ports = new Set<number>();
+  for (const line of procNetTcp.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length > 3 && f[3] === "0A") ports.add(parseInt(f[1].split(":")[1], 16));
+  }
+  return ports;
+}
+
+async function checkPorts(host: Host, loc: Locations, engines: Engine[]): Promise<Check[]> {
+  const read = async (p: string) =>
+    new TextDecoder().decode((await host.readFile(p)) ?? new Uint8Array());
+  const listening = listeningPorts(
+    (await read("/proc/net/tcp")) + "\n" + (await read("/proc/net/tcp6")),
+  );
+  const owners: [number, string[]][] = [
+    [STANDARD_PORT, engines.map((e) => soulstoneService(e.name))],
+    [PROMETHEUS_PORT, ["harvester.service"]],
+    [GRAFANA_PORT, ["scribe.service"]],
+  ];
+  const units = owners.flatMap(([, u]) => u);
+  const states = await showUnits(host, loc.systemctlScope, units, ["ActiveState"]).catch(
+    () => ({}),
+  );
+  return owners.map(([port, candidates]) => {
+    const name = `port ${port}`;
+    if (!listening.has(port)) return { verdict: "pass", name, detail: "free" };
+    const owner = candidates.find((u) =>
+      (states as Record<string, Record<string, string>>)[u]?.ActiveState === "active"
+    );
+    return owner ? { verdict: "pass", name, detail: `held by lychd's ${owner}` } : {
+      verdict: "fail",
+      name,
+      detail: "in use by something that is not lychd's",
+      fix: `find it with \`ss -ltnp 'sport = :${port}'\` and stop it`,
+    };
+  });
+}
+
+async function checkUnits(host: Host, loc: Locations): Promise<Check[]> {
+  const manifest = await readManifest(host, `${loc.dataDir}/manifest.json`);
+  const paths = Object.keys(manifest.files);
+  if (paths.length === 0) {
+    return [{
+      verdict: "fail",
+      name: "lychd's files",
+      detail: "none written yet",
+      fix: "lychd init",
+    }];
+  }
+  const missing: string[] = [];
+  const edited: string[] = [];
+  for (const p of paths) {
+    const bytes = await host.readFile(p);
+    if (bytes === null) missing.push(p);
+    else if (!manifest.files[p].includes(await sha256(bytes))) edited.push(p);
+  }
+  const out: Check[] = [];
+  if (missing.length) {
+    out.push({
+      verdict: "fail",
+      name: "lychd's files",
+      detail: `missing: ${missing.join(", ")}`,
+      fix: "lychd init",
+    });
+  }
+  if (edited.length) {
+    out.push({
+      verdict: "warn",
+      name: "lychd's files",
+      detail: `edited since lychd wrote them: ${edited.join(", ")}`,
+      fix: "keep the edits, or restore lychd's version with `lychd init --force`",
+    });
+  }
+  if (!missing.length && !edited.length) {
+    out.push({
+      verdict: "pass",
+      name: "lychd's files",
+      detail: `${paths.length} present and unmodified`,
+    });
+  }
+  return out;
+}

@@ -1,0 +1,43 @@
+/** `lychd logs [ENGINE|harvester|scribe] [-f] [-n N]`: a unit's journal (the active engine by default). */
+import type { ConfigOptions } from "../cli.ts";
+import { loadConfig } from "../config/load.ts";
+import { LychdError } from "../errors.ts";
+import type { Host } from "../host.ts";
+import { locations } from "../paths.ts";
+import { showUnits } from "../systemctl.ts";
+import { resolveEngines, soulstoneService } from "../units/model.ts";
+
+export interface LogsOptions {
+  config: ConfigOptions;
+  target: string | null;
+  follow: boolean;
+  lines: number;
+}
+
+export async function logs(host: Host, options: LogsOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const { config } = await loadConfig(host, loc, options.config);
+  const engines = resolveEngines(config).map((e) => e.name);
+  let unit: string;
+  if (options.target === "harvester" || options.target === "scribe") {
+    unit = `${options.target}.service`;
+  } else if (options.target !== null) {
+    if (!engines.includes(options.target)) {
+      throw new LychdError(
+        `no engine or watcher "${options.target}"; choose one of: ${
+          [...engines, "harvester", "scribe"].join(", ")
+        }`,
+        2,
+      );
+    }
+    unit = soulstoneService(options.target);
+  } else {
+    const units = engines.map(soulstoneService);
+    const states = await showUnits(host, loc.systemctlScope, units, ["ActiveState"]);
+    unit = units.find((u) => states[u]?.ActiveState !== "inactive") ??
+      soulstoneService(config.active);
+  }
+  const args = [...loc.systemctlScope, "-u", unit, "-n", String(options.lines), "--no-pager"];
+  if (options.follow) args.push("-f");
+  return await host.runAttached("journalctl", args);
+}

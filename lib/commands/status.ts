@@ -1,0 +1,106 @@
+/**
+ * `lychd status [--json]`: every soulstone's unit state, which one serves and whether it is
+ * healthy, the harvester and scribe with their URLs.
+ *
+ * Exit codes: 0 an engine is active and healthy; 1 an engine is active but not (yet) healthy;
+ * 3 no engine is active. The JSON shape is documented in README.md ("lychd status --json").
+ */
+import type { ConfigOptions } from "../cli.ts";
+import { loadConfig } from "../config/load.ts";
+import { GRAFANA_PORT, PROMETHEUS_PORT } from "../engines.ts";
+import type { Host } from "../host.ts";
+import { locations } from "../paths.ts";
+import { BASE_URL, probe } from "../readiness.ts";
+import { showUnits } from "../systemctl.ts";
+import { resolveEngines, soulstoneService } from "../units/model.ts";
+
+export const EXIT_UNHEALTHY = 1;
+export const EXIT_NOTHING_ACTIVE = 3;
+
+export interface StatusOptions {
+  config: ConfigOptions;
+  json: boolean;
+}
+
+export interface StatusReport {
+  version: 1;
+  mode: "user" | "system";
+  /** The soulstone whose unit is active, if any. */
+  active: string | null;
+  /** The soulstone that starts at boot. */
+  boot: string;
+  healthy: boolean;
+  endpoint: string;
+  engines: {
+    name: string;
+    unit: string;
+    state: string;
+    subState: string;
+    boot: boolean;
+    image: string;
+    model: string | null;
+  }[];
+  serving: { engine: string; health: string; models: string[] } | null;
+  watchers: { name: string; unit: string; state: string; url: string }[];
+}
+
+export async function status(host: Host, options: StatusOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const { config } = await loadConfig(host, loc, options.config);
+  const engines = resolveEngines(config);
+  const watchers = [
+    { name: "harvester", unit: "harvester.service", url: `http://127.0.0.1:${PROMETHEUS_PORT}` },
+    { name: "scribe", unit: "scribe.service", url: `http://127.0.0.1:${GRAFANA_PORT}` },
+  ];
+  const units = [...engines.map((e) => soulstoneService(e.name)), ...watchers.map((w) => w.unit)];
+  const props = await showUnits(host, loc.systemctlScope, units, ["ActiveState", "SubState"]);
+  const state = (unit: string) => props[unit]?.ActiveState ?? "unknown";
+  const active =
+    engines.find((e) => ["active", "activating"].includes(state(soulstoneService(e.name)))) ?? null;
+  const p = active ? await probe(host, active) : null;
+  const report: StatusReport = {
+    version: 1,
+    mode: loc.mode,
+    active: active?.name ?? null,
+    boot: config.active,
+    healthy: p?.state === "ready",
+    endpoint: BASE_URL,
+    engines: engines.map((e) => ({
+      name: e.name,
+      unit: soulstoneService(e.name),
+      state: state(soulstoneService(e.name)),
+      subState: props[soulstoneService(e.name)]?.SubState ?? "unknown",
+      boot: e.name === config.active,
+      image: e.image,
+      model: e.model,
+    })),
+    serving: active && p ? { engine: active.name, health: p.detail, models: p.models } : null,
+    watchers: watchers.map((w) => ({ ...w, state: state(w.unit) })),
+  };
+  host.out(options.json ? JSON.stringify(report, null, 2) + "\n" : describe(report));
+  return !active ? EXIT_NOTHING_ACTIVE : report.healthy ? 0 : EXIT_UNHEALTHY;
+}
+
+function describe(r: StatusReport): string {
+  const lines = [`lychd (${r.mode} mode): ${r.endpoint}`];
+  if (r.serving) {
+    lines.push(
+      `  serving: ${r.serving.engine}, ${
+        r.healthy ? "healthy" : "NOT healthy"
+      }: ${r.serving.health}` +
+        (r.serving.models.length ? ` [models: ${r.serving.models.join(", ")}]` : ""),
+    );
+  } else lines.push("  serving: nothing (no soulstone is active)");
+  lines.push("  soulstones:");
+  for (const e of r.engines) {
+    lines.push(
+      `    ${e.name.padEnd(10)} ${`${e.state} (${e.subState})`.padEnd(22)} ${
+        e.boot ? "starts at boot  " : "                "
+      }` +
+        `${e.model ?? "-"}`,
+    );
+  }
+  lines.push("  watchers:");
+  for (const w of r.watchers) lines.push(`    ${w.name.padEnd(10)} ${w.state.padEnd(22)} ${w.url}`);
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,26 @@
+/** `lychd stop [--all]`: stop the engine (every soulstone), or everything lychd runs. */
+import type { ConfigOptions } from "../cli.ts";
+import { loadConfig } from "../config/load.ts";
+import type { Host } from "../host.ts";
+import { locations } from "../paths.ts";
+import { systemctl } from "../systemctl.ts";
+import { resolveEngines, soulstoneService } from "../units/model.ts";
+
+export interface StopOptions {
+  config: ConfigOptions;
+  all: boolean;
+}
+
+export async function stop(host: Host, options: StopOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const { config } = await loadConfig(host, loc, options.config);
+  // Stopping units that are not running is a no-op, so all soulstones go in one call.
+  const units = resolveEngines(config).map((e) => soulstoneService(e.name));
+  if (options.all) units.push("scribe.service", "harvester.service");
+  await systemctl(host, loc.systemctlScope, "stop", ...units);
+  host.out(`Stopped ${options.all ? "every lychd unit" : "the engine"}: ${units.join(" ")}\n`);
+  if (!options.all) {
+    host.out("The harvester and scribe keep running (lychd stop --all stops them too).\n");
+  }
+  return 0;
+}

@@ -1,0 +1,84 @@
+/**
+ * Is the engine on port 8081 really serving? Its health path must answer 200, and then
+ * /v1/models must list the configured model. Engines differ in how they get there (engines.md,
+ * ../shared/fixtures/llama.cpp-b10587): llama.cpp opens its port before loading and answers 503
+ * "Loading model" (or, with a small model, goes from refused straight to 200); SGLang lists
+ * /v1/models before /health is 200; vLLM opens its port only when ready.
+ */
+import type { Host } from "./host.ts";
+import { STANDARD_PORT } from "./engines.ts";
+
+export type ProbeState = "down" | "loading" | "wrong-model" | "ready";
+
+export interface Probe {
+  state: ProbeState;
+  /** Human detail: "connection refused", "503 Loading model", "serves x, not y". */
+  detail: string;
+  models: string[];
+}
+
+export interface ProbeTarget {
+  healthPath: string;
+  /** The model /v1/models must list; null = health alone decides. */
+  model: string | null;
+}
+
+export const BASE_URL = `http://127.0.0.1:${STANDARD_PORT}`;
+
+export async function probe(host: Host, target: ProbeTarget, timeoutMs = 2000): Promise<Probe> {
+  const health = await host.httpGet(`${BASE_URL}${target.healthPath}`, timeoutMs);
+  if ("error" in health) {
+    return {
+      state: "down",
+      detail: health.error === "refused" ? "connection refused" : health.error,
+      models: [],
+    };
+  }
+  if (health.status !== 200) {
+    return {
+      state: "loading",
+      detail: `${health.status} ${errorMessage(health.body)}`.trim(),
+      models: [],
+    };
+  }
+  const listed = await host.httpGet(`${BASE_URL}/v1/models`, timeoutMs);
+  const models = "error" in listed || listed.status !== 200 ? [] : modelIds(listed.body);
+  if (target.model === null) return { state: "ready", detail: "healthy", models };
+  if ("error" in listed || listed.status !== 200) {
+    const why = "error" in listed ? listed.error : `${listed.status}`;
+    return { state: "loading", detail: `healthy, /v1/models not answering yet (${why})`, models };
+  }
+  if (!models.includes(target.model)) {
+    return {
+      state: "wrong-model",
+      detail: `serves ${models.length ? models.join(", ") : "no model"}, not ${target.model}`,
+      models,
+    };
+  }
+  return { state: "ready", detail: `serves ${target.model}`, models };
+}
+
+/** Model ids (and aliases, as llama.cpp lists them) from an OpenAI /v1/models answer. */
+export function modelIds(body: string): string[] {
+  try {
+    const data = JSON.parse(body)?.data;
+    if (!Array.isArray(data)) return [];
+    return data.flatMap((m: { id?: unknown; aliases?: unknown }) => [
+      ...(typeof m.id === "string" ? [m.id] : []),
+      ...(Array.isArray(m.aliases)
+        ? m.aliases.filter((a): a is string => typeof a === "string")
+        : []),
+    ]).filter((v, i, all) => all.indexOf(v) === i);
+  } catch {
+    return [];
+  }
+}
+
+function errorMessage(body: string): string {
+  try {
+    const j = JSON.parse(body);
+    return String(j?.error?.message ?? j?.error ?? j?.message ?? "").slice(0, 80);
+  } catch {
+    return body.trim().split("\n")[0].slice(0, 80);
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * A stand-in inference engine for the systemd-sandbox tests, run in a container built by
+ * `sdsandbox image`. It takes the command line lychd gives the real engine and behaves like
+ * one: it listens on the `--port` it is given, answers /health 503 "Loading model" until it
+ * has "loaded" (llama.cpp's sequence), then 200, lists its model in /v1/models and serves a
+ * small /metrics. /whoami says which port (hence which engine) answered.
+ *
+ * Test switches (appended through the cartridge's `args` in lychd.yaml):
+ *   --fake-load-ms N        time from start to ready (default 1000)
+ *   --fake-never-ready      stay at 503 forever
+ *   --fake-ignore-sigterm   keep running on SIGTERM, like llama.cpp with clients connected
+ */
+const args = Deno.args;
+const flag = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const port = Number(flag("--port") ?? 8080);
+// vLLM: the model is the first word; SGLang: --model-path; llama.cpp: --alias.
+const model = flag("--alias") ?? flag("--model-path") ??
+  (args[0]?.startsWith("-") ? "unknown" : args[0]);
+const loadMs = Number(flag("--fake-load-ms") ?? 1000);
+const neverReady = args.includes("--fake-never-ready");
+const started = Date.now();
+let requests = 0;
+
+Deno.addSignalListener("SIGTERM", () => {
+  if (args.includes("--fake-ignore-sigterm")) {
+    console.log("SIGTERM ignored: clients still connected");
+    return;
+  }
+  console.log("SIGTERM: exiting");
+  Deno.exit(0);
+});
+
+console.log(
+  `fake engine: port ${port}, model ${model}, ready after ${neverReady ? "never" : `${loadMs} ms`}`,
+);
+Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
+  const path = new URL(req.url).pathname;
+  const ready = !neverReady && Date.now() - started >= loadMs;
+  switch (path) {
+    case "/health":
+      return ready ? Response.json({ status: "ok" }) : Response.json({
+        error: { code: 503, message: "Loading model", type: "unavailable_error" },
+      }, {
+        status: 503,
+      });
+    case "/v1/models":
+      return Response.json({
+        object: "list",
+        data: [{ id: model, object: "model", owned_by: "fake" }],
+      });
+    case "/whoami":
+      return new Response(`port=${port} model=${model}\n`);
+    case "/metrics":
+      requests++;
+      return new Response(
+        `# HELP fake_requests_total Requests.\n# TYPE fake_requests_total counter\nfake_requests_total ${requests}\n`,
+        { headers: { "content-type": "text/plain; version=0.0.4" } },
+      );
+    default:
+      return new Response("not found\n", { status: 404 });
+  }
+});

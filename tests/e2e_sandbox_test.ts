@@ -1,0 +1,165 @@
+/**
+ * End to end under REAL systemd 252, Quadlet and Podman (../shared/sandbox/sdsandbox):
+ * `lychd init --system` with four engines played by a fake engine image, then `lychd swap`
+ * between them. After every swap exactly one soulstone is active, port 8081 answers from the
+ * right engine, the old container is gone and only the active engine is wanted at boot. A swap
+ * to an engine that never becomes ready rolls back. Needs root; see tests/support/sandbox.ts.
+ */
+import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import {
+  buildFakeEngineImage,
+  guest,
+  lychd,
+  sandboxUnavailable,
+  sdsandbox,
+} from "./support/sandbox.ts";
+
+const ENGINES = ["llama", "sglang", "vllm", "broken"];
+const PORTS: Record<string, number> = { llama: 8080, sglang: 30000, vllm: 8000, broken: 9000 };
+
+function config(image: string): string {
+  return `engines: [llama, sglang, vllm, broken]
+active: llama
+gpu: cpu
+cartridges:
+  llama:
+    image: ${image}
+    model: tiny/llama-gguf:Q4_K_M
+    args: [--fake-load-ms, "1500"]
+  sglang:
+    image: ${image}
+    model: org/sglang-model
+    args: [--fake-load-ms, "800"]
+  vllm:
+    image: ${image}
+    model: org/vllm-model
+    # Ignores SIGTERM like llama.cpp with clients connected: the swap away must kill it.
+    args: [--fake-ignore-sigterm]
+    stop_timeout: 2s
+  broken:
+    image: ${image}
+    port: 9000
+    model: never-served
+    args: [--port, "9000", --fake-never-ready]
+`;
+}
+
+async function assertServing(engine: string) {
+  for (const e of ENGINES) {
+    const r = await guest(["systemctl", "is-active", `soulstone-${e}.service`]);
+    assertEquals(r.stdout.trim(), e === engine ? "active" : "inactive", `soulstone-${e}`);
+  }
+  const who = await guest(["curl", "-fsS", "--max-time", "5", "http://127.0.0.1:8081/whoami"]);
+  assertEquals(who.code, 0, who.stderr);
+  assertMatch(who.stdout, new RegExp(`^port=${PORTS[engine]} `));
+  const ps = await guest(["podman", "ps", "--format", "{{.Names}}"]);
+  assertDeep(ps.stdout.split("\n").filter((n) => n.startsWith("soulstone-")), [
+    `soulstone-${engine}`,
+  ]);
+  const wants = await guest(["systemctl", "show", "-p", "Wants", "--value", "multi-user.target"]);
+  assertDeep(
+    wants.stdout.split(/\s+/).filter((u) => u.startsWith("soulstone-")),
+    [`soulstone-${engine}.service`],
+    "only the active engine is wanted at boot",
+  );
+  const status = await lychd("status", "--system", "--json");
+  assertEquals(status.code, 0, status.stdout + status.stderr);
+  const report = JSON.parse(status.stdout);
+  assertEquals(report.active, engine);
+  assertEquals(report.boot, engine);
+  assertEquals(report.healthy, true);
+}
+
+Deno.test({
+  name: "e2e (real systemd, Quadlet, Podman): init --system, swaps, kill on a stuck stop, rollback",
+  ignore: sandboxUnavailable(),
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    const up = await sdsandbox(["up", "--private", "/var/lib/lychd", "--private", "/etc/lychd"]);
+    assertEquals(up.code, 0, up.stderr);
+    try {
+      const image = await buildFakeEngineImage();
+      await t.step("init --system writes the units and systemd generates them", async () => {
+        const w = await guest(["sh", "-c", "cat > /etc/lychd/lychd.yaml"], config(image));
+        assertEquals(w.code, 0, w.stderr);
+        const init = await lychd("init", "--system");
+        assertEquals(init.code, 0, init.stdout + init.stderr);
+        assertMatch(init.stdout, /Reloaded systemd: systemctl daemon-reload/);
+        for (const e of ENGINES) {
+          const r = await guest([
+            "systemctl",
+            "show",
+            "-p",
+            "LoadState",
+            "--value",
+            `soulstone-${e}.service`,
+          ]);
+          assertEquals(r.stdout.trim(), "loaded", e);
+        }
+      });
+
+      for (const engine of ["llama", "vllm", "sglang", "llama"]) {
+        await t.step(`swap to ${engine}`, async () => {
+          const r = await lychd("swap", "--system", engine);
+          assertEquals(r.code, 0, r.stdout + r.stderr);
+          assertMatch(
+            r.stdout,
+            new RegExp(
+              `^${engine} ready in [0-9.]+ s \\(.*container up [0-9.]+ s, model loaded [0-9.]+ s\\)`,
+            ),
+          );
+          console.log(`  ${r.stdout.trim()}`);
+          // vllm ignores SIGTERM: leaving it, its stop times out and the swap says it killed it.
+          if (engine === "sglang") assertMatch(r.stdout, /old engine stopped [0-9.]+ s \(killed\)/);
+          await assertServing(engine);
+        });
+      }
+
+      await t.step("the swap away from an engine that ignores SIGTERM had to kill it", async () => {
+        // The sglang swap above stopped vllm, which ignores SIGTERM: the journal shows the kill.
+        const journal = await guest([
+          "journalctl",
+          "-u",
+          "soulstone-vllm.service",
+          "--no-pager",
+          "-o",
+          "cat",
+        ]);
+        assertMatch(journal.stdout, /SIGTERM ignored/);
+      });
+
+      await t.step("swap to the engine already serving is a no-op", async () => {
+        const r = await lychd("swap", "--system", "llama");
+        assertEquals(r.code, 0, r.stderr);
+        assertMatch(r.stdout, /llama is already active and healthy/);
+      });
+
+      await t.step("a swap to an engine that never becomes ready rolls back", async () => {
+        const r = await lychd("swap", "--system", "broken", "--timeout", "4s");
+        assertEquals(r.code, 1, r.stdout + r.stderr);
+        assertMatch(
+          r.stderr,
+          /broken failed: not ready after 4\.0 s \(last answer on .*503 Loading model\)/,
+        );
+        assertMatch(r.stderr, /Last lines of soulstone-broken\.service's journal/);
+        assertMatch(r.stderr, /Rolling back to llama/);
+        assertMatch(r.stderr, /llama serves again, as before/);
+        await assertServing("llama");
+      });
+
+      await t.step("stop, then status says nothing is active", async () => {
+        const s = await lychd("stop", "--system");
+        assertEquals(s.code, 0, s.stderr);
+        const st = await lychd("status", "--system");
+        assertEquals(st.code, 3, st.stdout + st.stderr);
+        assertMatch(st.stdout, /serving: nothing/);
+        const ps = await guest(["podman", "ps", "--format", "{{.Names}}"]);
+        assert(!ps.stdout.includes("soulstone-"), ps.stdout);
+      });
+    } finally {
+      const down = await sdsandbox(["down"]);
+      assertEquals(down.code, 0, down.stderr);
+    }
+  },
+});
