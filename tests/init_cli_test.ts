@@ -279,3 +279,37 @@ Deno.test("--help, <command> --help and --version", async () => {
     await sb.cleanup();
   }
 });
+
+Deno.test("init waits for another lychd holding the lock (a real flock), then proceeds", async () => {
+  const sb = await sandbox();
+  try {
+    const lockFile = `${sb.home}/${DATA}/lychd.lock`;
+    await Deno.mkdir(`${sb.home}/${DATA}`, { recursive: true });
+    const holder = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `const f = await Deno.open(${
+          JSON.stringify(lockFile)
+        }, {read: true, write: true, create: true});
+         await f.lock(true); console.log("locked"); await new Promise((r) => setTimeout(r, 1500));`,
+      ],
+      stdout: "piped",
+    }).spawn();
+    const reader = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    assertEquals((await reader.read()).value?.trim(), "locked");
+    const t0 = performance.now();
+    const r = await sb.run(["init"]);
+    const waited = performance.now() - t0;
+    assertEquals(r.code, 0, r.stderr);
+    assertMatch(
+      r.stderr,
+      /Another lychd command \(init or swap\) is running; waiting for it to finish/,
+    );
+    assert(waited > 1000, `init did not wait (${waited} ms)`);
+    reader.releaseLock();
+    await holder.stdout.cancel().catch(() => {});
+    await holder.status;
+  } finally {
+    await sb.cleanup();
+  }
+});

@@ -8,6 +8,8 @@ export interface FakeHostOptions {
   programs?: (program: string, args: string[]) => RunResult;
   /** Throw on the Nth call to writeFileAtomic (1-based), to simulate a crash there. */
   failOnWrite?: number;
+  /** Answers for HTTP GETs (the engine on port 8081); default: connection refused. */
+  http?: (url: string) => HttpResult;
 }
 
 export class FakeHost implements Host {
@@ -64,8 +66,9 @@ export class FakeHost implements Host {
     return Promise.resolve(this.files.has(path));
   }
 
-  httpGet(_url: string, _timeoutMs: number): Promise<HttpResult> {
-    return Promise.resolve({ error: "refused" });
+  httpGet(url: string, _timeoutMs: number): Promise<HttpResult> {
+    this.clock += 1;
+    return Promise.resolve(this.options.http?.(url) ?? { error: "refused" });
   }
 
   lock(_path: string, _timeoutMs: number, _onWait: () => void) {

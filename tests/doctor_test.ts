@@ -1,0 +1,85 @@
+/** doctor on a host that passes and one that fails, with real nvidia-smi output as the GPU's answer. */
+import { doctor, listeningPorts, parseVersion } from "../lib/commands/doctor.ts";
+import { init } from "../lib/commands/init.ts";
+import type { RunResult } from "../lib/host.ts";
+import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import { FakeSystemd } from "./support/fake_systemd.ts";
+
+const NVIDIA_SMI_L = "GPU 0: NVIDIA H200 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n"; // fixture nvidia-smi-580
+const setup = { system: false, configPath: null, overrides: [] };
+// /proc/net/tcp: one socket listening on 127.0.0.1:8081 (0x1F91), one established elsewhere.
+const PROC_NET_TCP =
+  `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:9C40 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+`;
+
+function host(programs: Record<string, RunResult>, files: Record<string, string>) {
+  const fs = new FakeSystemd(
+    { llama: { model: "m" }, vllm: { model: "m" } },
+    files,
+    null,
+    (program, args) =>
+      programs[[program, ...args].join(" ")] ?? (program in programs ? programs[program] : null),
+  );
+  return { fs };
+}
+
+Deno.test("doctor: a good host passes every check", async () => {
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "nvidia-smi -L": { code: 0, stdout: NVIDIA_SMI_L, stderr: "" },
+  }, {
+    "/usr/libexec/podman/quadlet": "",
+    "/var/lib/systemd/linger/ada": "",
+    "/etc/cdi/nvidia.yaml": "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n",
+    "/proc/net/tcp": PROC_NET_TCP,
+  });
+  await init(fs.host, {
+    config: { ...setup, overrides: [{ path: ["engines"], value: ["llama", "vllm"], flag: "x" }] },
+    dryRun: false,
+    force: false,
+    reload: true,
+  });
+  fs.activate("soulstone-llama.service");
+  fs.host.stdout = "";
+  assertEquals(await doctor(fs.host, { config: setup }), 0, fs.host.stdout);
+  const out = fs.host.stdout;
+  assertMatch(out, /^PASS {2}podman: 5\.4\.2$/m);
+  assertMatch(out, /^PASS {2}Quadlet generator: \/usr\/libexec\/podman\/quadlet$/m);
+  assertMatch(out, /^PASS {2}systemd: systemd 252/m);
+  assertMatch(out, /^PASS {2}NVIDIA CDI spec: \/etc\/cdi\/nvidia\.yaml$/m);
+  assertMatch(out, /^PASS {2}nvidia-smi: GPU 0: NVIDIA H200$/m);
+  assertMatch(out, /^PASS {2}port 8081: held by lychd's soulstone-llama\.service$/m);
+  assertMatch(out, /^PASS {2}port 9090: free$/m);
+  assertMatch(out, /^PASS {2}lychd's files: 11 present and unmodified$/m);
+  assertMatch(out, /0 failed\.$/m);
+});
+
+Deno.test("doctor: a bad host fails with the fix for each problem", async () => {
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 4.3.1\n", stderr: "" },
+    "nvidia-smi": { code: 127, stdout: "", stderr: "nvidia-smi: not found" },
+  }, { "/proc/net/tcp": PROC_NET_TCP });
+  fs.host.env = (n: string) => ({ HOME: "/home/ada", USER: "ada" } as Record<string, string>)[n];
+  assertEquals(await doctor(fs.host, { config: setup }), 1);
+  const out = fs.host.stdout;
+  assertMatch(out, /^FAIL {2}podman: 4\.3\.1: Quadlet needs 4\.4/m);
+  assertMatch(out, /^FAIL {2}Quadlet generator: not found/m);
+  assertMatch(
+    out,
+    /^WARN {2}linger: not enabled for ada.*\n +fix: sudo loginctl enable-linger ada$/m,
+  );
+  assertMatch(
+    out,
+    /^FAIL {2}NVIDIA CDI spec: missing.*\n +fix: install the NVIDIA Container Toolkit and run `sudo nvidia-ctk cdi generate/m,
+  );
+  assertMatch(out, /^FAIL {2}nvidia-smi: not found/m);
+  assertMatch(out, /^FAIL {2}port 8081: in use by something that is not lychd's/m);
+  assertMatch(out, /^FAIL {2}lychd's files: none written yet\n +fix: lychd init$/m);
+});
+
+Deno.test("doctor: helpers", () => {
+  assertDeep(parseVersion("podman version 4.9.3"), [4, 9, 3]);
+  assertDeep([...listeningPorts(PROC_NET_TCP)], [8081]);
+});

@@ -1,0 +1,231 @@
+/**
+ * swap, status and stop against systemd in miniature (tests/support/fake_systemd.ts): every
+ * path of a swap, on a fake clock. The same commands run under real systemd in
+ * e2e_sandbox_test.ts.
+ */
+import { init } from "../lib/commands/init.ts";
+import { status } from "../lib/commands/status.ts";
+import { stop } from "../lib/commands/stop.ts";
+import { swap, type SwapOptions } from "../lib/commands/swap.ts";
+import type { Override } from "../lib/config/yaml.ts";
+import { LychdError } from "../lib/errors.ts";
+import { assert, assertDeep, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
+import { type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
+
+const UNITS = "/home/ada/.config/containers/systemd";
+const CONFIG = "/home/ada/.config/lychd/lychd.yaml";
+const setup = { system: false, configPath: null, overrides: [] as Override[] };
+
+async function installed(engines: Record<string, EngineScript>, active: string | null) {
+  const fs = new FakeSystemd(engines, {}, null);
+  const overrides: Override[] = [
+    { path: ["engines"], value: Object.keys(engines), flag: "--engines" },
+    ...Object.entries(engines).map(([e, s]) => ({
+      path: ["cartridges", e, "model"],
+      value: s.model,
+      flag: "--model",
+    })),
+    ...(active ? [{ path: ["active"], value: active, flag: "--active" }] : []),
+  ];
+  assertEquals(
+    await init(fs.host, {
+      config: { ...setup, overrides },
+      dryRun: false,
+      force: false,
+      reload: true,
+    }),
+    0,
+  );
+  if (active) fs.activate(`soulstone-${active}.service`);
+  fs.host.calls = [];
+  fs.host.stdout = "";
+  fs.host.stderr = "";
+  return fs;
+}
+
+function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
+  return { config: setup, engine, timeoutSec: null, wait: true, rollback: true, ...extra };
+}
+
+const ENGINES = (): Record<string, EngineScript> => ({
+  llama: { model: "org/llama-gguf:Q4", refusedMs: 100, readyMs: 1500 },
+  vllm: { model: "Qwen/Qwen2.5-7B-Instruct", refusedMs: 3000, readyMs: 3000 },
+  sglang: { model: "org/sglang", readyMs: 800 },
+});
+
+Deno.test("swap: stops the old engine, waits through refused and 503, reports the phases", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  assertEquals(await swap(fs.host, opts("vllm")), 0, fs.host.stderr);
+  assertMatch(
+    fs.host.stdout,
+    /^vllm ready in \d+\.\d s \(old engine stopped 0\.3 s, container up 0\.2 s, model loaded 3\.\d s\)\n$/,
+  );
+  assertDeep(fs.host.calls.filter((c) => !c.includes(" show ")), [
+    "systemctl --user daemon-reload",
+    "systemctl --user start soulstone-vllm.service",
+  ]);
+  assertEquals(fs.state("soulstone-llama.service").state, "inactive");
+  assertEquals(fs.state("soulstone-vllm.service").state, "active");
+  // vllm is now the boot engine, in the units and in lychd.yaml.
+  assertMatch(fs.host.text(`${UNITS}/soulstone-vllm.container`)!, /^WantedBy=default\.target$/m);
+  assert(!fs.host.text(`${UNITS}/soulstone-llama.container`)!.includes("[Install]"));
+  assertMatch(fs.host.text(CONFIG)!, /^active: vllm$/m);
+  // Plain progress lines on a non-terminal: phases with elapsed time.
+  assertMatch(fs.host.stderr, /\] vllm: stopping llama, then starting vllm\n/);
+  assertMatch(fs.host.stderr, /\] vllm: waiting for the server to open its port\n/);
+});
+
+Deno.test("swap: waits for /v1/models to list the configured model, not just /health", async () => {
+  const engines = ENGINES();
+  const fs = await installed(engines, "llama");
+  // Healthy at once, but serving another model until the config is fixed: never ready.
+  const http = fs.http.bind(fs);
+  fs.http = (url) =>
+    url.endsWith("/v1/models") && fs.state("soulstone-sglang.service").state === "active"
+      ? { status: 200, body: '{"data":[{"id":"/models/other.gguf"}]}' }
+      : http(url);
+  assertEquals(await swap(fs.host, opts("sglang", { timeoutSec: 5 })), 1);
+  assertMatch(fs.host.stderr, /sglang: up, but serves \/models\/other\.gguf, not org\/sglang/);
+  assertMatch(fs.host.stderr, /Rolling back to llama/);
+});
+
+Deno.test("swap: to the engine already serving is a no-op", async () => {
+  const fs = await installed(ENGINES(), "sglang");
+  fs.host.clock += 5000;
+  assertEquals(await swap(fs.host, opts("sglang")), 0);
+  assertMatch(
+    fs.host.stdout,
+    /sglang is already active and healthy \(serves org\/sglang\); nothing to do/,
+  );
+  assert(!fs.host.calls.some((c) => c.includes("start")));
+});
+
+Deno.test("swap: a readiness timeout prints the journal and rolls back to the previous engine", async () => {
+  const engines = ENGINES();
+  engines.vllm.readyMs = null;
+  const fs = await installed(engines, "llama");
+  assertEquals(await swap(fs.host, opts("vllm", { timeoutSec: 60 })), 1);
+  assertMatch(
+    fs.host.stderr,
+    /vllm failed: not ready after 60\.0 s \(last answer on http:\/\/127\.0\.0\.1:8081\/health: 503 Loading model\)/,
+  );
+  assertMatch(
+    fs.host.stderr,
+    /Last lines of soulstone-vllm\.service's journal:\n {2}\| engine: loading weights/,
+  );
+  assertMatch(
+    fs.host.stderr,
+    /llama ready in .*\nThe swap to vllm failed; llama serves again, as before\./,
+  );
+  assertEquals(fs.state("soulstone-llama.service").state, "active");
+  assertEquals(fs.state("soulstone-vllm.service").state, "inactive");
+  assertMatch(fs.host.text(CONFIG)!, /^active: llama$/m);
+  assertMatch(fs.host.text(`${UNITS}/soulstone-llama.container`)!, /^WantedBy=default\.target$/m);
+});
+
+Deno.test("swap: a unit that fails to start, or dies while loading, is rolled back", async () => {
+  for (const script of [{ failStart: true }, { dieMs: 2000 }]) {
+    const engines = ENGINES();
+    Object.assign(engines.sglang, script, { readyMs: 10_000 });
+    const fs = await installed(engines, "llama");
+    const t0 = fs.host.clock;
+    assertEquals(await swap(fs.host, opts("sglang")), 1, JSON.stringify(script));
+    assertMatch(
+      fs.host.stderr,
+      script.failStart
+        ? /sglang failed: systemctl start .* failed: Job for/
+        : /sglang failed: the unit is failed/,
+    );
+    assert(fs.host.clock - t0 < 10_000, "a dead unit is noticed long before the timeout");
+    assertEquals(fs.state("soulstone-llama.service").state, "active");
+  }
+});
+
+Deno.test("swap --no-rollback leaves things as they are; with nothing before, the failed engine is stopped", async () => {
+  const engines = ENGINES();
+  engines.vllm.readyMs = null;
+  const fs = await installed(engines, "llama");
+  assertEquals(await swap(fs.host, opts("vllm", { timeoutSec: 5, rollback: false })), 4);
+  assertMatch(fs.host.stderr, /Not rolling back \(--no-rollback\)/);
+  assertEquals(fs.state("soulstone-vllm.service").state, "active");
+
+  const fresh = await installed(engines, null);
+  assertEquals(await swap(fresh.host, opts("vllm", { timeoutSec: 5 })), 4);
+  assertMatch(fresh.host.stderr, /No engine served before the swap; vllm is stopped again/);
+  assertEquals(fresh.state("soulstone-vllm.service").state, "inactive");
+});
+
+Deno.test("swap: an engine that ignores SIGTERM is killed by the stop timeout, and the report says so", async () => {
+  const engines = ENGINES();
+  engines.llama.stuckStopMs = 30_000;
+  const fs = await installed(engines, "llama");
+  assertEquals(await swap(fs.host, opts("sglang")), 0, fs.host.stderr);
+  assertMatch(fs.host.stdout, /old engine stopped 30\.\d s \(killed\)/);
+  assert(fs.host.calls.includes("systemctl --user reset-failed soulstone-llama.service"));
+  assertEquals(fs.state("soulstone-llama.service").state, "inactive");
+});
+
+Deno.test("swap --no-wait returns once the container runs", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  assertEquals(await swap(fs.host, opts("vllm", { wait: false })), 0);
+  assertMatch(fs.host.stdout, /vllm started \(--no-wait/);
+});
+
+Deno.test("swap: unknown engine, or units not written", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  await assertRejects(() => swap(fs.host, opts("tgi")), (e: Error) => {
+    assert(e instanceof LychdError);
+    assertMatch(e.message, /unknown engine "tgi"; configured: llama, vllm, sglang/);
+    return true;
+  });
+  fs.host.files.delete(`${UNITS}/soulstone-vllm.container`);
+  await assertRejects(
+    () => swap(fs.host, opts("vllm")),
+    /soulstone-vllm\.container is not there: run `lychd init` first/,
+  );
+});
+
+Deno.test("status: healthy, loading, nothing active; --json is stable", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  fs.host.clock += 200;
+  assertEquals(await status(fs.host, { config: setup, json: false }), 1, "llama still loading");
+  assertMatch(fs.host.stdout, /serving: llama, NOT healthy: 503 Loading model/);
+  fs.host.clock += 2000;
+  fs.host.stdout = "";
+  assertEquals(await status(fs.host, { config: setup, json: true }), 0);
+  const r = JSON.parse(fs.host.stdout);
+  assertDeep(Object.keys(r), [
+    "version",
+    "mode",
+    "active",
+    "boot",
+    "healthy",
+    "endpoint",
+    "engines",
+    "serving",
+    "watchers",
+  ]);
+  assertEquals(r.active, "llama");
+  assertEquals(r.healthy, true);
+  assertDeep(r.serving, {
+    engine: "llama",
+    health: "serves org/llama-gguf:Q4",
+    models: ["org/llama-gguf:Q4"],
+  });
+  assertDeep(
+    r.engines.map((e: { name: string; state: string; boot: boolean }) => [e.name, e.state, e.boot]),
+    [
+      ["llama", "active", true],
+      ["vllm", "inactive", false],
+      ["sglang", "inactive", false],
+    ],
+  );
+  assertDeep(r.watchers.map((w: { name: string; url: string }) => [w.name, w.url]), [
+    ["harvester", "http://127.0.0.1:9090"],
+    ["scribe", "http://127.0.0.1:3000"],
+  ]);
+  assertEquals(await stop(fs.host, { config: setup, all: false }), 0);
+  fs.host.stdout = "";
+  assertEquals(await status(fs.host, { config: setup, json: false }), 3);
+  assertMatch(fs.host.stdout, /serving: nothing/);
+});
