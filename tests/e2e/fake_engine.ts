@@ -52,7 +52,10 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
         data: [{ id: model, object: "model", owned_by: "fake" }],
       });
     case "/whoami":
-      return new Response(`port=${port} model=${model}\n`);
+      // ready_at: when /health turned 200, in ms since the epoch (for scripts/bench_swap.ts).
+      return new Response(
+        `port=${port} model=${model} ready_at=${neverReady ? "never" : started + loadMs}\n`,
+      );
     case "/metrics":
       requests++;
       return new Response(
