@@ -6,7 +6,7 @@ import { parseCommand } from "./lib/cli.ts";
 import { LychdError } from "./lib/errors.ts";
 import { helpText } from "./lib/help.ts";
 import { denoHost } from "./lib/host.ts";
-import { VERSION } from "./lib/version.ts";
+import { versionLine } from "./lib/version.ts";
 
 async function main(argv: string[]): Promise<number> {
   const command = parseCommand(argv);
@@ -18,7 +18,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case "version":
-      denoHost.out(`lychd ${VERSION} (deno ${Deno.version.deno})\n`);
+      denoHost.out(`${versionLine()}\n`);
       return 0;
     case "init": {
       const { init } = await import("./lib/commands/init.ts");

@@ -271,7 +271,7 @@ Deno.test("--help, <command> --help and --version", async () => {
     const initHelp = await sb.run(["init", "--help"]);
     assertMatch(initHelp.stdout, /--dry-run/);
     const version = await sb.run(["--version"]);
-    assertMatch(version.stdout, /^lychd \d+\.\d+\.\d+ \(deno 2\.\d+\.\d+\)$/m);
+    assertMatch(version.stdout, /^lychd \d+\.\d+\.\d+ \(commit dev, deno 2\.\d+\.\d+\)$/m);
     const bad = await sb.run(["init", "--modle", "x"]);
     assertEquals(bad.code, 2);
     assertMatch(bad.stderr, /unknown option --modle \(did you mean "--model"\?\)/);
