@@ -44,6 +44,15 @@ async function main(argv: string[]): Promise<number> {
       const { logs } = await import("./lib/commands/logs.ts");
       return await logs(denoHost, command);
     }
+    case "uninstall": {
+      const { uninstall } = await import("./lib/commands/uninstall.ts");
+      return await uninstall(denoHost, command);
+    }
+    case "completions": {
+      const { completionScript } = await import("./lib/commands/completions.ts");
+      denoHost.out(completionScript(command.shell));
+      return 0;
+    }
     case "doctor": {
       const { doctor } = await import("./lib/commands/doctor.ts");
       return await doctor(denoHost, command);

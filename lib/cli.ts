@@ -39,7 +39,9 @@ export type Command =
   | { kind: "status"; config: ConfigOptions; json: boolean }
   | { kind: "stop"; config: ConfigOptions; all: boolean }
   | { kind: "logs"; config: ConfigOptions; target: string | null; follow: boolean; lines: number }
-  | { kind: "doctor"; config: ConfigOptions };
+  | { kind: "doctor"; config: ConfigOptions }
+  | { kind: "uninstall"; config: ConfigOptions; purge: boolean; dryRun: boolean; force: boolean }
+  | { kind: "completions"; shell: "bash" | "zsh" | "fish" };
 
 /** A flag takes one value ("string"), may repeat ("list"), or takes none ("boolean"). */
 type FlagKind = "string" | "list" | "boolean";
@@ -64,6 +66,38 @@ const CONFIG_FLAGS: Record<string, FlagKind> = {
   help: "boolean",
 };
 
+/** Every command's flags and arguments: the parser and the shell completions read this. */
+export const COMMANDS: Record<
+  string,
+  { flags: Record<string, FlagKind>; positionals?: string[]; short?: Record<string, string> }
+> = {
+  init: {
+    flags: { ...CONFIG_FLAGS, "dry-run": "boolean", force: "boolean", "no-reload": "boolean" },
+  },
+  render: { flags: { ...CONFIG_FLAGS, out: "string", force: "boolean" } },
+  swap: {
+    flags: { ...SETUP_FLAGS, timeout: "string", "no-wait": "boolean", "no-rollback": "boolean" },
+    positionals: ["ENGINE"],
+  },
+  status: { flags: { ...SETUP_FLAGS, json: "boolean" } },
+  stop: { flags: { ...SETUP_FLAGS, all: "boolean" } },
+  logs: {
+    flags: { ...SETUP_FLAGS, follow: "boolean", lines: "string" },
+    positionals: ["TARGET"],
+    short: { f: "follow", n: "lines" },
+  },
+  doctor: { flags: SETUP_FLAGS },
+  uninstall: {
+    flags: { ...SETUP_FLAGS, purge: "boolean", "dry-run": "boolean", force: "boolean" },
+  },
+  completions: { flags: { help: "boolean" }, positionals: ["SHELL"] },
+};
+
+function parseFor(command: string, args: string[]): Values {
+  const c = COMMANDS[command];
+  return parse(args, c.flags, command, c.positionals, c.short);
+}
+
 export function parseCommand(argv: string[]): Command {
   const [first, ...rest] = argv;
   if (first === undefined || first === "help") return { kind: "help", topic: rest[0] ?? null };
@@ -71,12 +105,7 @@ export function parseCommand(argv: string[]): Command {
   if (first === "--version" || first === "-V" || first === "version") return { kind: "version" };
   switch (first) {
     case "init": {
-      const v = parse(rest, {
-        ...CONFIG_FLAGS,
-        "dry-run": "boolean",
-        force: "boolean",
-        "no-reload": "boolean",
-      }, "init");
+      const v = parseFor("init", rest);
       if (v.help) return { kind: "help", topic: "init" };
       return {
         kind: "init",
@@ -87,11 +116,7 @@ export function parseCommand(argv: string[]): Command {
       };
     }
     case "render": {
-      const v = parse(rest, {
-        ...CONFIG_FLAGS,
-        out: "string",
-        force: "boolean",
-      }, "render");
+      const v = parseFor("render", rest);
       if (v.help) return { kind: "help", topic: "render" };
       if (typeof v.out !== "string" || v.out === "") {
         throw new UsageError("render needs --out DIR, the folder to write the files into.");
@@ -99,17 +124,7 @@ export function parseCommand(argv: string[]): Command {
       return { kind: "render", config: configOptions(v), out: v.out, force: v.force === true };
     }
     case "swap": {
-      const v = parse(
-        rest,
-        {
-          ...SETUP_FLAGS,
-          timeout: "string",
-          "no-wait": "boolean",
-          "no-rollback": "boolean",
-        },
-        "swap",
-        ["ENGINE"],
-      );
+      const v = parseFor("swap", rest);
       if (v.help) return { kind: "help", topic: "swap" };
       const [engine] = v._ as string[];
       if (!engine) throw new UsageError("swap needs the engine to switch to: lychd swap ENGINE");
@@ -132,22 +147,17 @@ export function parseCommand(argv: string[]): Command {
       };
     }
     case "status": {
-      const v = parse(rest, { ...SETUP_FLAGS, json: "boolean" }, "status");
+      const v = parseFor("status", rest);
       if (v.help) return { kind: "help", topic: "status" };
       return { kind: "status", config: configOptions(v), json: v.json === true };
     }
     case "stop": {
-      const v = parse(rest, { ...SETUP_FLAGS, all: "boolean" }, "stop");
+      const v = parseFor("stop", rest);
       if (v.help) return { kind: "help", topic: "stop" };
       return { kind: "stop", config: configOptions(v), all: v.all === true };
     }
     case "logs": {
-      const v = parse(rest, { ...SETUP_FLAGS, follow: "boolean", lines: "string" }, "logs", [
-        "TARGET",
-      ], {
-        f: "follow",
-        n: "lines",
-      });
+      const v = parseFor("logs", rest);
       if (v.help) return { kind: "help", topic: "logs" };
       const lines = v.lines === undefined ? 50 : Number(v.lines);
       if (!Number.isInteger(lines) || lines < 1) {
@@ -163,9 +173,31 @@ export function parseCommand(argv: string[]): Command {
       };
     }
     case "doctor": {
-      const v = parse(rest, SETUP_FLAGS, "doctor");
+      const v = parseFor("doctor", rest);
       if (v.help) return { kind: "help", topic: "doctor" };
       return { kind: "doctor", config: configOptions(v) };
+    }
+    case "uninstall": {
+      const v = parseFor("uninstall", rest);
+      if (v.help) return { kind: "help", topic: "uninstall" };
+      return {
+        kind: "uninstall",
+        config: configOptions(v),
+        purge: v.purge === true,
+        dryRun: v["dry-run"] === true,
+        force: v.force === true,
+      };
+    }
+    case "completions": {
+      const v = parseFor("completions", rest);
+      if (v.help) return { kind: "help", topic: "completions" };
+      const [shell] = v._ as string[];
+      if (shell !== "bash" && shell !== "zsh" && shell !== "fish") {
+        throw new UsageError(
+          `completions takes bash, zsh or fish, got ${shell ? `"${shell}"` : "nothing"}`,
+        );
+      }
+      return { kind: "completions", shell };
     }
     default:
       throw new UsageError(`unknown command "${first}". Run \`lychd --help\` for the commands.`);

@@ -25,6 +25,8 @@ Commands:
   stop      stop the engine (--all: the watchers too)
   logs      an engine's or watcher's journal
   doctor    check this host: Podman, Quadlet, systemd, GPU access, ports, lychd's files
+  uninstall stop everything and remove the files lychd wrote (--purge: data too)
+  completions  print a completion script: lychd completions bash|zsh|fish
   help      help for a command: lychd help swap
 
 Options:
@@ -113,6 +115,21 @@ Shows a unit's journal: by default the active engine (or the last one that ran).
   -f, --follow     keep printing new lines
   -n, --lines N    how many lines (default 50)
 ${SETUP}
+`,
+  uninstall: `Usage: lychd uninstall [--purge] [--dry-run] [--force]
+
+Stops every lychd unit, removes exactly the files lychd wrote (its manifest) that nobody
+edited since, and reloads systemd. Edited files are listed and kept unless --force.
+Prometheus' and Grafana's data (Podman volumes), the Grafana password and lychd.yaml are
+kept unless --purge. The model cache is never touched. A second uninstall does nothing.
+  --dry-run   list what would be stopped and removed
+${SETUP}
+`,
+  completions: `Usage: lychd completions bash|zsh|fish
+
+Prints a completion script. bash: source <(lychd completions bash);
+zsh: lychd completions zsh > "\${fpath[1]}/_lychd"; fish: lychd completions fish >
+~/.config/fish/completions/lychd.fish
 `,
   doctor: `Usage: lychd doctor
 

@@ -23,6 +23,8 @@ export interface Host {
   writeFileAtomic(path: string, data: Uint8Array, mode: number): Promise<void>;
   /** Remove a file; no error if it is already gone. */
   remove(path: string): Promise<void>;
+  /** Remove a folder if it is empty; a folder with anything in it stays, silently. */
+  removeEmptyDir(path: string): Promise<void>;
   /** Create a folder and its parents; existing folders keep their mode. */
   mkdirp(path: string, mode: number): Promise<void>;
   run(program: string, args: string[], stdin?: Uint8Array): Promise<RunResult>;
@@ -87,6 +89,12 @@ export const denoHost: Host = {
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
+  },
+
+  async removeEmptyDir(path) {
+    try {
+      await Deno.remove(path);
+    } catch { /* not empty, or gone */ }
   },
 
   async mkdirp(path, mode) {

@@ -47,6 +47,10 @@ export class FakeHost implements Host {
     return Promise.resolve();
   }
 
+  removeEmptyDir() {
+    return Promise.resolve();
+  }
+
   mkdirp() {
     return Promise.resolve();
   }

@@ -1,0 +1,139 @@
+/**
+ * `lychd uninstall [--purge] [--dry-run] [--force]`: stop what lychd runs, remove exactly the
+ * files its manifest says it wrote and nobody edited since (edited ones are listed and kept
+ * unless --force), reload systemd. Prometheus' and Grafana's data (volumes), the Grafana
+ * password and lychd.yaml stay unless --purge. The model cache is never touched.
+ */
+import { readManifest, sha256 } from "../apply.ts";
+import type { ConfigOptions } from "../cli.ts";
+import type { Host } from "../host.ts";
+import { locations } from "../paths.ts";
+import { GRAFANA_ADMIN_SECRET } from "../units/model.ts";
+import { systemctlLine, withLock } from "./init.ts";
+
+export interface UninstallOptions {
+  config: ConfigOptions;
+  purge: boolean;
+  dryRun: boolean;
+  force: boolean;
+}
+
+const VOLUMES = ["lychd-harvester-data", "lychd-scribe-data"];
+
+export async function uninstall(host: Host, options: UninstallOptions): Promise<number> {
+  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const manifestPath = `${loc.dataDir}/manifest.json`;
+  const manifest = await readManifest(host, manifestPath);
+  const paths = Object.keys(manifest.files).sort();
+  const configFile = options.config.configPath ?? loc.configFile;
+  const password = `${loc.dataDir}/grafana-admin-password`;
+  if (
+    paths.length === 0 &&
+    !(options.purge && (await host.exists(configFile) || await host.exists(password)))
+  ) {
+    host.out(`Nothing to uninstall: lychd has no files recorded in ${manifestPath}.\n`);
+    return 0;
+  }
+
+  const remove: string[] = [];
+  const keep: string[] = [];
+  for (const p of paths) {
+    const bytes = await host.readFile(p);
+    if (bytes === null) continue;
+    if (manifest.files[p].includes(await sha256(bytes)) || options.force) remove.push(p);
+    else keep.push(p);
+  }
+  const units = paths.filter((p) => p.endsWith(".container")).map((p) =>
+    p.slice(p.lastIndexOf("/") + 1).replace(/\.container$/, ".service")
+  );
+  const purged = options.purge ? [configFile, password] : [];
+
+  if (options.dryRun) {
+    host.out(`lychd uninstall --dry-run (${loc.mode} mode): nothing is changed.\n`);
+    if (units.length) host.out(`would stop: ${units.join(" ")}\n`);
+    for (const p of remove) host.out(`would remove  ${p}\n`);
+    for (const p of keep) {
+      host.out(`would keep    ${p} (edited since lychd wrote it; --force removes it)\n`);
+    }
+    if (options.purge) {
+      for (const p of purged) host.out(`would remove  ${p}\n`);
+      host.out(
+        `would remove the Podman volumes ${
+          VOLUMES.join(", ")
+        } and the secret ${GRAFANA_ADMIN_SECRET}\n`,
+      );
+    } else {host.out(
+        "would keep Prometheus' and Grafana's data and lychd.yaml (--purge removes them)\n",
+      );}
+    return 0;
+  }
+
+  return await withLock(host, loc, async () => {
+    if (units.length) {
+      const stopped = await host.run("systemctl", [...loc.systemctlScope, "stop", ...units]);
+      if (stopped.code !== 0) {
+        host.err(
+          `Could not stop ${units.join(" ")}: ${stopped.stderr.trim() || `exit ${stopped.code}`}\n`,
+        );
+      }
+    }
+    for (const p of remove) {
+      await host.remove(p);
+      host.out(`removed  ${p}\n`);
+    }
+    for (const p of keep) {
+      host.out(`kept     ${p} (edited since lychd wrote it; --force removes it)\n`);
+    }
+    // Keep the kept files recorded, so a later `uninstall --force` still knows them.
+    const rest = Object.fromEntries(keep.map((p) => [p, manifest.files[p]]));
+    if (keep.length) {
+      await host.writeFileAtomic(
+        manifestPath,
+        new TextEncoder().encode(JSON.stringify({ version: 1, files: rest }, null, 2) + "\n"),
+        0o600,
+      );
+    } else await host.remove(manifestPath);
+
+    if (options.purge) {
+      for (const v of VOLUMES) await host.run("podman", ["volume", "rm", "--force", v]);
+      await host.run("podman", ["secret", "rm", GRAFANA_ADMIN_SECRET]);
+      for (const p of purged) {
+        if (await host.exists(p)) {
+          await host.remove(p);
+          host.out(`removed  ${p}\n`);
+        }
+      }
+      host.out(
+        `removed the Podman volumes ${VOLUMES.join(", ")} and the secret ${GRAFANA_ADMIN_SECRET}\n`,
+      );
+    } else {
+      host.out(
+        `kept Prometheus' and Grafana's data (volumes ${
+          VOLUMES.join(", ")
+        }), the Grafana password and ` +
+          `${configFile}: \`lychd uninstall --purge\` removes them.\n`,
+      );
+    }
+    await removeEmptyFolders(host, loc.dataDir, remove);
+    const reload = await host.run("systemctl", [...loc.systemctlScope, "daemon-reload"]);
+    if (reload.code !== 0) host.err(`Run \`${systemctlLine(loc, "daemon-reload")}\` by hand.\n`);
+    return 0;
+  });
+}
+
+/** The folders lychd created under its data folder, deepest first, if they are now empty. */
+async function removeEmptyFolders(host: Host, dataDir: string, removed: string[]) {
+  const dirs = new Set<string>();
+  for (const p of removed) {
+    for (
+      let d = p.slice(0, p.lastIndexOf("/"));
+      d.startsWith(dataDir) && d.length > dataDir.length;
+      d = d.slice(0, d.lastIndexOf("/"))
+    ) {
+      dirs.add(d);
+    }
+  }
+  for (const d of [...dirs].sort((a, b) => b.length - a.length)) {
+    await host.removeEmptyDir(d);
+  }
+}
