@@ -129,6 +129,7 @@ export async function applyChanges(
 ): Promise<Manifest> {
   const conflict = conflictError(changes);
   if (conflict) throw conflict;
+  await removeOrphanedTemps(host, [...changes.map((c) => c.path), manifestPath]);
 
   const writes = changes.filter((c) => c.action === "create" || c.action === "update");
   const removals = changes.filter((c) => c.action === "remove");
@@ -160,6 +161,24 @@ export async function applyChanges(
 
   await writeManifest(host, manifestPath, final);
   return final;
+}
+
+/**
+ * Temp files a killed run left behind (`.NAME.lychd-tmp-XXXXXXXX` beside NAME): the rename never
+ * happened, so NAME is intact; the temp is only litter.
+ */
+async function removeOrphanedTemps(host: Host, paths: string[]): Promise<void> {
+  const byDir = new Map<string, Set<string>>();
+  for (const p of paths) {
+    const dir = p.slice(0, p.lastIndexOf("/"));
+    byDir.set(dir, (byDir.get(dir) ?? new Set()).add(p.slice(p.lastIndexOf("/") + 1)));
+  }
+  for (const [dir, names] of byDir) {
+    for (const entry of await host.listDir(dir)) {
+      const m = entry.match(/^\.(.+)\.lychd-tmp-[0-9a-f]{8}$/);
+      if (m && names.has(m[1])) await host.remove(`${dir}/${entry}`);
+    }
+  }
 }
 
 async function writeManifest(host: Host, path: string, manifest: Manifest): Promise<void> {

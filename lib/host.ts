@@ -23,6 +23,8 @@ export interface Host {
   writeFileAtomic(path: string, data: Uint8Array, mode: number): Promise<void>;
   /** Remove a file; no error if it is already gone. */
   remove(path: string): Promise<void>;
+  /** The names in a folder; [] if it does not exist. */
+  listDir(path: string): Promise<string[]>;
   /** Remove a folder if it is empty; a folder with anything in it stays, silently. */
   removeEmptyDir(path: string): Promise<void>;
   /** Create a folder and its parents; existing folders keep their mode. */
@@ -88,6 +90,15 @@ export const denoHost: Host = {
       await Deno.remove(path);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  },
+
+  async listDir(path) {
+    try {
+      return (await Array.fromAsync(Deno.readDir(path))).map((e) => e.name);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
     }
   },
 

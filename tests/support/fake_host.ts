@@ -47,6 +47,16 @@ export class FakeHost implements Host {
     return Promise.resolve();
   }
 
+  listDir(path: string) {
+    const prefix = `${path}/`;
+    return Promise.resolve(
+      [...this.files.keys()].filter((p) =>
+        p.startsWith(prefix) && !p.slice(prefix.length).includes("/")
+      )
+        .map((p) => p.slice(prefix.length)),
+    );
+  }
+
   removeEmptyDir() {
     return Promise.resolve();
   }
