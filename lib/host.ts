@@ -45,6 +45,11 @@ export interface Host {
   now(): number;
   sleep(ms: number): Promise<void>;
   isTerminal(): boolean;
+  /**
+   * On SIGINT or SIGTERM, call `fn` (to explain the state of things) and exit with the code it
+   * returns, instead of dying silently; returns the function that stops listening.
+   */
+  onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number): () => void;
   randomBytes(n: number): Uint8Array;
   out(text: string): void;
   err(text: string): void;
@@ -208,6 +213,16 @@ export const denoHost: Host = {
   now: () => performance.timeOrigin + performance.now(),
   sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
   isTerminal: () => Deno.stdout.isTerminal(),
+  onInterrupt(fn) {
+    const int = () => Deno.exit(fn("SIGINT"));
+    const term = () => Deno.exit(fn("SIGTERM"));
+    Deno.addSignalListener("SIGINT", int);
+    Deno.addSignalListener("SIGTERM", term);
+    return () => {
+      Deno.removeSignalListener("SIGINT", int);
+      Deno.removeSignalListener("SIGTERM", term);
+    };
+  },
   randomBytes: (n) => crypto.getRandomValues(new Uint8Array(n)),
   out: (text) => void Deno.stdout.writeSync(new TextEncoder().encode(text)),
   err: (text) => void Deno.stderr.writeSync(new TextEncoder().encode(text)),

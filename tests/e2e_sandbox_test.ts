@@ -8,9 +8,12 @@
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import {
   buildFakeEngineImage,
+  DENO,
   guest,
   lychd,
+  ROOT,
   sandboxUnavailable,
+  SDSANDBOX,
   sdsandbox,
 } from "./support/sandbox.ts";
 
@@ -147,6 +150,66 @@ Deno.test({
         assertMatch(r.stderr, /llama serves again, as before/);
         await assertServing("llama");
       });
+
+      await t.step(
+        "two swaps at once serialize; the one that finishes last is the engine left serving",
+        async () => {
+          const run = async (engine: string) => {
+            const r = await lychd("swap", "--system", engine);
+            return { engine, ...r, endedAt: performance.now() };
+          };
+          const results = await Promise.all([run("sglang"), run("vllm")]);
+          for (const r of results) assertEquals(r.code, 0, r.stdout + r.stderr);
+          assert(
+            results.some((r) =>
+              /Another lychd command \(init or swap\) is running; waiting/.test(r.stderr)
+            ),
+            "the second swap did not wait for the first",
+          );
+          const last = results.reduce((a, b) => (a.endedAt > b.endedAt ? a : b));
+          await assertServing(last.engine);
+        },
+      );
+
+      await t.step(
+        "an interrupted swap says where things stand and releases the lock",
+        async () => {
+          const child = new Deno.Command(SDSANDBOX, {
+            args: [
+              "exec",
+              "--cwd",
+              ROOT,
+              "--",
+              DENO,
+              "run",
+              "-q",
+              "-P",
+              `${ROOT}/main.ts`,
+              "swap",
+              "--system",
+              "broken",
+              "--timeout",
+              "60s",
+            ],
+            stdout: "piped",
+            stderr: "piped",
+          }).spawn();
+          await new Promise((r) => setTimeout(r, 4000));
+          child.kill("SIGTERM");
+          const r = await child.output();
+          const stderr = new TextDecoder().decode(r.stderr);
+          assertEquals(r.code, 143, stderr);
+          assertMatch(
+            stderr,
+            /lychd swap interrupted \(SIGTERM\) while: loading \(503 Loading model\)/,
+          );
+          assertMatch(stderr, /systemd keeps starting soulstone-broken\.service in the background/);
+          const back = await lychd("swap", "--system", "llama");
+          assertEquals(back.code, 0, back.stdout + back.stderr);
+          assert(!/waiting for it to finish/.test(back.stderr), "the lock was not released");
+          await assertServing("llama");
+        },
+      );
 
       await t.step("stop, then status says nothing is active", async () => {
         const s = await lychd("stop", "--system");

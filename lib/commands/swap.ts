@@ -76,7 +76,25 @@ async function swapLocked(
   }
 
   const progress = new Progress(host, target.name);
-  const result = await switchTo(host, loc, options, target, previous, progress);
+  // Interrupted (Ctrl-C, SIGTERM): say what state the host is in; exiting drops the lock.
+  const stopListening = host.onInterrupt((signal) => {
+    progress.done();
+    host.err(
+      `\nlychd swap interrupted (${signal}) while: ${progress.current() || "preparing"}.\n` +
+        `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
+        `in the background${previous ? ` (${previous.name} was stopped)` : ""}. ` +
+        `See \`lychd status\`${
+          previous ? `; go back with \`lychd swap ${previous.name}\`` : ""
+        }.\n`,
+    );
+    return signal === "SIGINT" ? 130 : 143;
+  });
+  let result: Outcome;
+  try {
+    result = await switchTo(host, loc, options, target, previous, progress);
+  } finally {
+    stopListening();
+  }
   if (result.ok) {
     host.out(`${result.report}\n`);
     return 0;
@@ -287,6 +305,10 @@ class Progress {
 
   done() {
     if (this.tty) this.host.err("\r\x1b[2K");
+  }
+
+  current(): string {
+    return this.text;
   }
 
   private draw() {

@@ -104,6 +104,15 @@ export class FakeHost implements Host {
     return false;
   }
 
+  interrupt: ((signal: "SIGINT" | "SIGTERM") => number) | null = null;
+
+  onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number) {
+    this.interrupt = fn;
+    return () => {
+      this.interrupt = null;
+    };
+  }
+
   randomBytes(n: number) {
     return new Uint8Array(n).fill(7);
   }
