@@ -154,8 +154,19 @@ export async function applyChanges(
   await writeManifest(host, manifestPath, intent);
 
   for (const c of writes) {
-    await host.mkdirp(c.path.slice(0, c.path.lastIndexOf("/")), 0o755);
-    await host.writeFileAtomic(c.path, encoder.encode(c.file!.content), c.file!.mode);
+    try {
+      await host.mkdirp(c.path.slice(0, c.path.lastIndexOf("/")), 0o755);
+      await host.writeFileAtomic(c.path, encoder.encode(c.file!.content), c.file!.mode);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotCapable) throw e;
+      const done = writes.indexOf(c);
+      throw new LychdError(
+        `could not write ${c.path}: ${(e as Error).message}.\n` +
+          `lychd stopped there (${done} of ${writes.length} files written): each file is either its ` +
+          "old or its new version, nothing is half-written. Fix the cause (disk space, a read-only " +
+          "folder) and run the same command again to finish.",
+      );
+    }
   }
   for (const c of removals) await host.remove(c.path);
 

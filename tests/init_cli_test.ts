@@ -75,6 +75,16 @@ Deno.test("init: file modes are exact whatever the umask; secrets stay out of ev
       await sb.read(`${UNITS}/soulstone-vllm.container`),
       /^Secret=my-hf,type=env,target=HF_TOKEN$/m,
     );
+    // Nor in anything lychd prints: dry-run diffs, status, errors, a second init.
+    const outputs = [
+      await sb.run(["init", "--dry-run", "--model", "vllm=org/other"]),
+      await sb.run(["status", "--json"]),
+      await sb.run(["init", "--model", "vllm=bad\nvalue"]),
+      await sb.run(["init"]),
+    ];
+    for (const o of outputs) {
+      assert(!(o.stdout + o.stderr).includes(password), "the password was printed");
+    }
   } finally {
     await sb.cleanup();
   }
