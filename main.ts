@@ -48,6 +48,10 @@ async function main(argv: string[]): Promise<number> {
       const { uninstall } = await import("./lib/commands/uninstall.ts");
       return await uninstall(denoHost, command);
     }
+    case "pull": {
+      const { pull } = await import("./lib/commands/pull.ts");
+      return await pull(denoHost, command);
+    }
     case "completions": {
       const { completionScript } = await import("./lib/commands/completions.ts");
       denoHost.out(completionScript(command.shell));

@@ -26,6 +26,7 @@ export type Command =
     dryRun: boolean;
     force: boolean;
     reload: boolean;
+    pull: boolean;
   }
   | { kind: "render"; config: ConfigOptions; out: string; force: boolean }
   | {
@@ -41,7 +42,8 @@ export type Command =
   | { kind: "logs"; config: ConfigOptions; target: string | null; follow: boolean; lines: number }
   | { kind: "doctor"; config: ConfigOptions }
   | { kind: "uninstall"; config: ConfigOptions; purge: boolean; dryRun: boolean; force: boolean }
-  | { kind: "completions"; shell: "bash" | "zsh" | "fish" };
+  | { kind: "completions"; shell: "bash" | "zsh" | "fish" }
+  | { kind: "pull"; config: ConfigOptions; engines: string[]; models: boolean };
 
 /** A flag takes one value ("string"), may repeat ("list"), or takes none ("boolean"). */
 type FlagKind = "string" | "list" | "boolean";
@@ -72,7 +74,13 @@ export const COMMANDS: Record<
   { flags: Record<string, FlagKind>; positionals?: string[]; short?: Record<string, string> }
 > = {
   init: {
-    flags: { ...CONFIG_FLAGS, "dry-run": "boolean", force: "boolean", "no-reload": "boolean" },
+    flags: {
+      ...CONFIG_FLAGS,
+      "dry-run": "boolean",
+      force: "boolean",
+      "no-reload": "boolean",
+      pull: "boolean",
+    },
   },
   render: { flags: { ...CONFIG_FLAGS, out: "string", force: "boolean" } },
   swap: {
@@ -91,6 +99,7 @@ export const COMMANDS: Record<
     flags: { ...SETUP_FLAGS, purge: "boolean", "dry-run": "boolean", force: "boolean" },
   },
   completions: { flags: { help: "boolean" }, positionals: ["SHELL"] },
+  pull: { flags: { ...SETUP_FLAGS, models: "boolean" }, positionals: ["ENGINE..."] },
 };
 
 function parseFor(command: string, args: string[]): Values {
@@ -113,6 +122,7 @@ export function parseCommand(argv: string[]): Command {
         dryRun: v["dry-run"] === true,
         force: v.force === true,
         reload: v["no-reload"] !== true,
+        pull: v.pull === true,
       };
     }
     case "render": {
@@ -188,6 +198,16 @@ export function parseCommand(argv: string[]): Command {
         force: v.force === true,
       };
     }
+    case "pull": {
+      const v = parseFor("pull", rest);
+      if (v.help) return { kind: "help", topic: "pull" };
+      return {
+        kind: "pull",
+        config: configOptions(v),
+        engines: v._ as string[],
+        models: v.models === true,
+      };
+    }
     case "completions": {
       const v = parseFor("completions", rest);
       if (v.help) return { kind: "help", topic: "completions" };
@@ -224,7 +244,8 @@ export function parse(
     if (arg === "-h") arg = "--help";
     else if (/^-[a-zA-Z]$/.test(arg) && short[arg[1]]) arg = `--${short[arg[1]]}`;
     if (!arg.startsWith("-")) {
-      if (values._!.length >= positionals.length) {
+      const unlimited = positionals.at(-1)?.endsWith("...");
+      if (!unlimited && values._!.length >= positionals.length) {
         throw new UsageError(
           `lychd ${command} takes ${
             positionals.length ? `only ${positionals.join(" ")}` : "no argument"

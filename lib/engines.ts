@@ -28,6 +28,13 @@ export interface Cartridge {
   modelCacheTarget: string;
   /** Extra environment the engine needs so its cache lands in the mounted folder. */
   env: Record<string, string>;
+  /**
+   * `lychd pull --models`: the command (entrypoint first) that downloads `model` into the mounted
+   * Hugging Face cache with the engine's own image; null = the engine fetches it itself.
+   */
+  download(model: string): string[] | null;
+  /** What keeps the engine from reaching the network (`offline: true` in lychd.yaml). */
+  offline: { env: Record<string, string>; args: string[] };
 }
 
 export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
@@ -49,6 +56,9 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     ipcHost: true,
     modelCacheTarget: "/root/.cache/huggingface",
     env: {},
+    offline: { env: { HF_HUB_OFFLINE: "1", TRANSFORMERS_OFFLINE: "1" }, args: [] },
+    // huggingface_hub's CLI ships in the image (vLLM depends on it).
+    download: (model) => model.startsWith("/") ? null : ["hf", "download", model],
   },
   {
     name: "sglang",
@@ -79,6 +89,8 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     ipcHost: true,
     modelCacheTarget: "/root/.cache/huggingface",
     env: {},
+    offline: { env: { HF_HUB_OFFLINE: "1", TRANSFORMERS_OFFLINE: "1" }, args: [] },
+    download: (model) => model.startsWith("/") ? null : ["hf", "download", model],
   },
   {
     name: "llama",
@@ -109,6 +121,10 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     ipcHost: false,
     modelCacheTarget: "/root/.cache/huggingface",
     env: { LLAMA_CACHE: "/root/.cache/huggingface/llama.cpp" },
+    offline: { env: {}, args: ["--offline"] },
+    // llama-server -hf fetches the GGUF into LLAMA_CACHE on its first start; there is no
+    // download-only command in the image.
+    download: () => null,
   },
 ];
 

@@ -24,6 +24,7 @@ Commands:
   status    which engine runs, whether it is healthy, the watchers' URLs
   stop      stop the engine (--all: the watchers too)
   logs      an engine's or watcher's journal
+  pull      fetch the images (and with --models the model weights) ahead of time
   doctor    check this host: Podman, Quadlet, systemd, GPU access, ports, lychd's files
   uninstall stop everything and remove the files lychd wrote (--purge: data too)
   completions  print a completion script: lychd completions bash|zsh|fish
@@ -47,6 +48,7 @@ Options:
   --dry-run      show every file as create / update (with a diff) / unchanged; write nothing
   --force        replace files lychd did not write or that were edited
   --no-reload    do not run systemctl daemon-reload
+  --pull         then fetch the images (lychd pull)
 
 ${CONFIG_FLAGS}
 
@@ -115,6 +117,17 @@ Shows a unit's journal: by default the active engine (or the last one that ran).
   -f, --follow     keep printing new lines
   -n, --lines N    how many lines (default 50)
 ${SETUP}
+`,
+  pull: `Usage: lychd pull [ENGINE...] [--models]
+
+Fetches the images of the named engines (default: all, plus the harvester and scribe)
+with podman pull, showing its progress; images already here are skipped. The engine
+units never pull during a swap (--pull=never), so this is how images arrive.
+  --models    also download each engine's model into the shared model cache, with the
+              engine's own image (hf download); the HF token secret is used if set
+${SETUP}
+
+Exit 1 if anything failed; units and config are never changed.
 `,
   uninstall: `Usage: lychd uninstall [--purge] [--dry-run] [--force]
 

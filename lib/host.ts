@@ -30,9 +30,13 @@ export interface Host {
   /** Create a folder and its parents; existing folders keep their mode. */
   mkdirp(path: string, mode: number): Promise<void>;
   run(program: string, args: string[], stdin?: Uint8Array): Promise<RunResult>;
+  /** Run, handing each line of its stdout and stderr to `onLine` as it comes; returns the exit code. */
+  runLines(program: string, args: string[], onLine: (line: string) => void): Promise<number>;
   /** Run with the terminal attached (e.g. `journalctl -f`); returns the exit code. */
   runAttached(program: string, args: string[]): Promise<number>;
   exists(path: string): Promise<boolean>;
+  /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
+  diskUsage(path: string): Promise<number | null>;
   /** GET on a loopback URL, never throwing: connection refused and timeouts are results. */
   httpGet(url: string, timeoutMs: number): Promise<HttpResult>;
   /**
@@ -148,6 +152,28 @@ export const denoHost: Host = {
     }
   },
 
+  async runLines(program, args, onLine) {
+    let child: Deno.ChildProcess;
+    try {
+      child = new Deno.Command(program, { args, stdin: "null", stdout: "piped", stderr: "piped" })
+        .spawn();
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return 127;
+      throw e;
+    }
+    const pump = async (stream: ReadableStream<Uint8Array>) => {
+      let rest = "";
+      for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+        const parts = (rest + chunk).split(/\r?\n|\r/);
+        rest = parts.pop()!;
+        for (const line of parts) if (line.trim()) onLine(line);
+      }
+      if (rest.trim()) onLine(rest);
+    };
+    await Promise.all([pump(child.stdout), pump(child.stderr)]);
+    return (await child.status).code;
+  },
+
   async runAttached(program, args) {
     try {
       const r = await new Deno.Command(program, {
@@ -160,6 +186,22 @@ export const denoHost: Host = {
       return r.code;
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return 127;
+      throw e;
+    }
+  },
+
+  async diskUsage(path) {
+    const walk = async (p: string): Promise<number> => {
+      const st = await Deno.lstat(p);
+      if (!st.isDirectory) return st.size;
+      let total = 0;
+      for await (const e of Deno.readDir(p)) total += await walk(`${p}/${e.name}`);
+      return total;
+    };
+    try {
+      return await walk(path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
       throw e;
     }
   },

@@ -17,11 +17,19 @@ import {
   sdsandbox,
 } from "./support/sandbox.ts";
 
-const ENGINES = ["llama", "sglang", "vllm", "broken"];
-const PORTS: Record<string, number> = { llama: 8080, sglang: 30000, vllm: 8000, broken: 9000 };
+const ENGINES = ["llama", "sglang", "vllm", "broken", "late"];
+const PORTS: Record<string, number> = {
+  llama: 8080,
+  sglang: 30000,
+  vllm: 8000,
+  broken: 9000,
+  late: 7000,
+};
+/** An image that is not built until the test says so: swaps to it must fail fast, then work. */
+const LATE_IMAGE = "localhost/lychd-fake-engine-late:1";
 
 function config(image: string): string {
-  return `engines: [llama, sglang, vllm, broken]
+  return `engines: [llama, sglang, vllm, broken, late]
 active: llama
 gpu: cpu
 cartridges:
@@ -44,6 +52,11 @@ cartridges:
     port: 9000
     model: never-served
     args: [--port, "9000", --fake-never-ready]
+  late:
+    image: ${LATE_IMAGE}
+    port: 7000
+    model: late-model
+    args: [late-model, --port, "7000"]
 `;
 }
 
@@ -208,6 +221,30 @@ Deno.test({
           assertEquals(back.code, 0, back.stdout + back.stderr);
           assert(!/waiting for it to finish/.test(back.stderr), "the lock was not released");
           await assertServing("llama");
+        },
+      );
+
+      await t.step(
+        "a swap to an engine whose image is absent fails fast; after the image is built, it works",
+        async () => {
+          await guest(["podman", "rmi", "-f", LATE_IMAGE]);
+          const t0 = performance.now();
+          const r = await lychd("swap", "--system", "late");
+          assertEquals(r.code, 1, r.stdout + r.stderr);
+          assertMatch(
+            r.stderr,
+            /the image of late, localhost\/lychd-fake-engine-late:1, is not on this host.*lychd pull late/,
+          );
+          assert(performance.now() - t0 < 5000, "it waited instead of failing fast");
+          await assertServing("llama");
+          await buildFakeEngineImage(LATE_IMAGE);
+          const ok = await lychd("swap", "--system", "late");
+          assertEquals(ok.code, 0, ok.stdout + ok.stderr);
+          await assertServing("late");
+          const status = JSON.parse((await lychd("status", "--system", "--json")).stdout);
+          const late = status.engines.find((e: { name: string }) => e.name === "late");
+          assertEquals(late.imagePresent, true);
+          assert(late.imageBytes > 1_000_000, "the image's size is reported");
         },
       );
 

@@ -78,6 +78,7 @@ for (const mode of ["user", "system"] as const) {
         "--publish",
         "127.0.0.1:8081:8000",
         "--ipc=host",
+        "--pull=never",
         "--stop-timeout=30",
         "docker.io/vllm/vllm-openai:v0.33.0",
         "Qwen/Qwen2.5-7B-Instruct",
@@ -261,5 +262,27 @@ Deno.test({
     const q = await quadlet(units, "system");
     const findings = await systemdVerify(q.services, "system");
     assert(findings.includes("soulstone-*.service"), findings);
+  },
+});
+
+Deno.test({
+  name: "quadlet: offline: true keeps every engine off the network; soulstones never pull",
+  ignore,
+  async fn() {
+    const s = await generate("offline: true\n", [], "user");
+    const env = (name: string) => {
+      const argv = podmanArgv(s[`soulstone-${name}.service`]);
+      return argv.filter((_, i) => argv[i - 1] === "--env");
+    };
+    assertDeep(env("vllm").sort(), ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"]);
+    assertDeep(env("sglang").sort(), ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"]);
+    const llama = engineArgv(
+      s["soulstone-llama.service"],
+      "ghcr.io/ggml-org/llama.cpp:server-cuda-b10587",
+    );
+    assertEquals(llama.at(-1), "--offline");
+    for (const name of ["vllm", "sglang", "llama"]) {
+      assert(podmanArgv(s[`soulstone-${name}.service`]).includes("--pull=never"), name);
+    }
   },
 });

@@ -60,10 +60,13 @@ Deno.test("swap: stops the old engine, waits through refused and 503, reports th
     fs.host.stdout,
     /^vllm ready in \d+\.\d s \(old engine stopped 0\.3 s, container up 0\.2 s, model loaded 3\.\d s\)\n$/,
   );
-  assertDeep(fs.host.calls.filter((c) => !c.includes(" show ")), [
+  assertEquals(fs.host.calls[0], "podman image exists docker.io/vllm/vllm-openai:v0.33.0");
+  assertDeep(fs.host.calls.filter((c) => c.startsWith("systemctl") && !c.includes(" show ")), [
     "systemctl --user daemon-reload",
     "systemctl --user start soulstone-vllm.service",
   ]);
+  // The engine's own latest log line is shown while it loads.
+  assertMatch(fs.host.stderr, /\] vllm says: engine: out of patience\n/);
   assertEquals(fs.state("soulstone-llama.service").state, "inactive");
   assertEquals(fs.state("soulstone-vllm.service").state, "active");
   // vllm is now the boot engine, in the units and in lychd.yaml.
@@ -187,6 +190,11 @@ Deno.test("swap: unknown engine, or units not written", async () => {
 
 Deno.test("status: healthy, loading, nothing active; --json is stable", async () => {
   const fs = await installed(ENGINES(), "llama");
+  fs.missingImages.add("docker.io/vllm/vllm-openai:v0.33.0");
+  fs.host.files.set("/home/ada/.cache/huggingface/hub/models--org--sglang/blobs/abc", {
+    data: new TextEncoder().encode("safetensors"),
+    mode: 0o644,
+  });
   fs.host.clock += 200;
   assertEquals(await status(fs.host, { config: setup, json: false }), 1, "llama still loading");
   assertMatch(fs.host.stdout, /serving: llama, NOT healthy: 503 Loading model/);
@@ -220,6 +228,28 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
       ["sglang", "inactive", false],
     ],
   );
+  // Images and models on this host: vllm's image is missing; only sglang's model is cached;
+  // llama.cpp keeps -hf downloads in a layout of its own (unknown).
+  type E = {
+    name: string;
+    imagePresent: boolean;
+    imageBytes: number;
+    modelPresent: boolean | null;
+    modelBytes: number;
+  };
+  const byName = Object.fromEntries((r.engines as E[]).map((e) => [e.name, e]));
+  assertDeep([byName.llama.imagePresent, byName.vllm.imagePresent, byName.vllm.imageBytes], [
+    true,
+    false,
+    null,
+  ]);
+  assertEquals(byName.llama.imageBytes, 4200000000);
+  assertDeep([byName.llama.modelPresent, byName.vllm.modelPresent, byName.sglang.modelPresent], [
+    null,
+    false,
+    true,
+  ]);
+  assertEquals(byName.sglang.modelBytes, 11);
   assertDeep(r.watchers.map((w: { name: string; url: string }) => [w.name, w.url]), [
     ["harvester", "http://127.0.0.1:9090"],
     ["scribe", "http://127.0.0.1:3000"],
@@ -228,4 +258,20 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
   fs.host.stdout = "";
   assertEquals(await status(fs.host, { config: setup, json: false }), 3);
   assertMatch(fs.host.stdout, /serving: nothing/);
+});
+
+Deno.test("swap: an engine whose image is not here fails at once, pointing to lychd pull", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  fs.missingImages.add("docker.io/vllm/vllm-openai:v0.33.0");
+  const t0 = fs.host.clock;
+  await assertRejects(
+    () => swap(fs.host, opts("vllm")),
+    /the image of vllm, docker\.io\/vllm\/vllm-openai:v0\.33\.0, is not on this host.*lychd pull vllm/,
+  );
+  assert(fs.host.clock - t0 < 100, "no waiting");
+  assert(
+    !fs.host.calls.some((c) => c.includes("start") || c.includes("daemon-reload")),
+    "nothing was changed",
+  );
+  assertEquals(fs.state("soulstone-llama.service").state, "active");
 });

@@ -13,6 +13,7 @@ function flagsOf(command: string): string[] {
 const POSITIONAL_WORDS: Record<string, string[]> = {
   ENGINE: [...BUILTIN_NAMES],
   TARGET: [...BUILTIN_NAMES, "harvester", "scribe"],
+  "ENGINE...": [...BUILTIN_NAMES],
   SHELL: ["bash", "zsh", "fish"],
 };
 

@@ -18,6 +18,8 @@ export interface InitOptions {
   dryRun: boolean;
   force: boolean;
   reload: boolean;
+  /** `--pull`: fetch the images after writing the units (lychd pull). */
+  pull?: boolean;
 }
 
 /** Exit code when the files were written but systemd could not be reloaded. */
@@ -109,12 +111,26 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
   host.out(`${summary(changes, false)}\n`);
 
   await ensureGrafanaSecret(host, loc);
+  const reloaded = await reload(host, loc, changed, options.reload, loaded.config.active);
+  if (!options.pull) return reloaded;
+  host.out("\nPulling the images (init --pull):\n");
+  const { pullFor } = await import("./pull.ts");
+  const pulled = await pullFor(host, loc, loaded.config, [], false);
+  return reloaded || pulled;
+}
 
+async function reload(
+  host: Host,
+  loc: Locations,
+  changed: boolean,
+  wanted: boolean,
+  active: string,
+): Promise<number> {
   if (!changed) {
     host.out("Nothing changed, so systemd was not reloaded.\n");
     return 0;
   }
-  if (!options.reload) {
+  if (!wanted) {
     host.out(
       `Skipped the reload (--no-reload). To apply: ${systemctlLine(loc, "daemon-reload")}\n`,
     );
@@ -131,8 +147,8 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
   }
   host.out(`Reloaded systemd: ${systemctlLine(loc, "daemon-reload")}\n`);
   host.out(
-    `Next: lychd swap ${loaded.config.active}  (or ${
-      systemctlLine(loc, `start ${soulstoneService(loaded.config.active)}`)
+    `Next: lychd pull, then lychd swap ${active}  (or ${
+      systemctlLine(loc, `start ${soulstoneService(active)}`)
     })\n`,
   );
   return 0;

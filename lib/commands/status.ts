@@ -12,6 +12,7 @@ import type { Host } from "../host.ts";
 import { locations } from "../paths.ts";
 import { BASE_URL, probe } from "../readiness.ts";
 import { showUnits } from "../systemctl.ts";
+import { formatBytes, imageExists, imageSize, modelLocation } from "../images.ts";
 import { resolveEngines, soulstoneService } from "../units/model.ts";
 
 export const EXIT_UNHEALTHY = 1;
@@ -38,7 +39,13 @@ export interface StatusReport {
     subState: string;
     boot: boolean;
     image: string;
+    /** Whether the image is on this host (null: Podman did not answer), and its size in bytes. */
+    imagePresent: boolean | null;
+    imageBytes: number | null;
     model: string | null;
+    /** Whether the model is in the cache (null: unknown, e.g. llama.cpp's own -hf cache). */
+    modelPresent: boolean | null;
+    modelBytes: number | null;
   }[];
   serving: { engine: string; health: string; models: string[] } | null;
   watchers: { name: string; unit: string; state: string; url: string }[];
@@ -65,14 +72,30 @@ export async function status(host: Host, options: StatusOptions): Promise<number
     boot: config.active,
     healthy: p?.state === "ready",
     endpoint: BASE_URL,
-    engines: engines.map((e) => ({
-      name: e.name,
-      unit: soulstoneService(e.name),
-      state: state(soulstoneService(e.name)),
-      subState: props[soulstoneService(e.name)]?.SubState ?? "unknown",
-      boot: e.name === config.active,
-      image: e.image,
-      model: e.model,
+    engines: await Promise.all(engines.map(async (e) => {
+      const imageBytes = await imageSize(host, e.image);
+      const present = imageBytes !== null ? true : await imageExists(host, e.image);
+      const where = e.model
+        ? modelLocation(
+          config.modelCache ?? loc.modelCache,
+          e.model,
+          e.cartridge?.download(e.model) != null,
+        )
+        : null;
+      const modelBytes = where ? await host.diskUsage(where).catch(() => null) : null;
+      return {
+        name: e.name,
+        unit: soulstoneService(e.name),
+        state: state(soulstoneService(e.name)),
+        subState: props[soulstoneService(e.name)]?.SubState ?? "unknown",
+        boot: e.name === config.active,
+        image: e.image,
+        imagePresent: present,
+        imageBytes,
+        model: e.model,
+        modelPresent: where ? modelBytes !== null : null,
+        modelBytes,
+      };
     })),
     serving: active && p ? { engine: active.name, health: p.detail, models: p.models } : null,
     watchers: watchers.map((w) => ({ ...w, state: state(w.unit) })),
@@ -92,12 +115,19 @@ function describe(r: StatusReport): string {
     );
   } else lines.push("  serving: nothing (no soulstone is active)");
   lines.push("  soulstones:");
+  const have = (present: boolean | null, bytes: number | null) =>
+    present === null
+      ? "unknown"
+      : present
+      ? (bytes !== null ? formatBytes(bytes) : "present")
+      : "MISSING";
   for (const e of r.engines) {
     lines.push(
       `    ${e.name.padEnd(10)} ${`${e.state} (${e.subState})`.padEnd(22)} ${
-        e.boot ? "starts at boot  " : "                "
-      }` +
-        `${e.model ?? "-"}`,
+        e.boot ? "starts at boot" : ""
+      }`,
+      `      image ${e.image} [${have(e.imagePresent, e.imageBytes)}]`,
+      `      model ${e.model ?? "-"} [${e.model ? have(e.modelPresent, e.modelBytes) : "-"}]`,
     );
   }
   lines.push("  watchers:");

@@ -14,6 +14,7 @@ import type { Host } from "../host.ts";
 import { type Locations, locations } from "../paths.ts";
 import { BASE_URL, type Probe, probe } from "../readiness.ts";
 import { journalTail, parseTimestamp, showUnits, systemctl, SystemctlError } from "../systemctl.ts";
+import { imageExists } from "../images.ts";
 import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 import { installUnits, withLock } from "./init.ts";
 
@@ -48,6 +49,12 @@ export async function swap(host: Host, options: SwapOptions): Promise<number> {
   const unitFile = `${loc.quadletDir}/soulstone-${target.name}.container`;
   if (!(await host.exists(unitFile))) {
     throw new LychdError(`${unitFile} is not there: run \`lychd init\` first.`);
+  }
+  if ((await imageExists(host, target.image)) === false) {
+    throw new LychdError(
+      `the image of ${target.name}, ${target.image}, is not on this host, and lychd's units never ` +
+        `download during a swap. Fetch it first: lychd pull ${target.name}`,
+    );
   }
   return await withLock(host, loc, () => swapLocked(host, loc, options, engines, target));
 }
@@ -213,6 +220,9 @@ async function switchTo(
       lastUnitCheck = host.now();
       const state = (await showUnits(host, scope, [service], ["ActiveState"]))[service]
         ?.ActiveState;
+      // The engine's own latest word (download or load progress) next to the elapsed time.
+      const line = (await journalTail(host, scope, service, 1)).trim();
+      if (line && !line.startsWith("(journalctl failed")) progress.log(line);
       if (state === "failed" || state === "inactive") {
         progress.done();
         return {
@@ -311,9 +321,22 @@ class Progress {
     return this.text;
   }
 
+  private lastLog = "";
+
+  log(line: string) {
+    if (line === this.lastLog) return;
+    this.lastLog = line;
+    if (this.tty) this.draw();
+    else this.host.err(`[${this.elapsed()}] ${this.engine} says: ${line.slice(0, 200)}\n`);
+  }
+
   private draw() {
     this.lastDraw = this.host.now();
-    this.host.err(`\r\x1b[2K[${this.elapsed()}] ${this.engine}: ${this.text}`);
+    const log = this.lastLog ? ` | ${this.lastLog}` : "";
+    // One terminal line: cut to the usual width rather than wrap.
+    this.host.err(
+      `\r\x1b[2K${`[${this.elapsed()}] ${this.engine}: ${this.text}${log}`.slice(0, 100)}`,
+    );
   }
 
   private elapsed() {

@@ -9,6 +9,8 @@ export interface LychdConfig {
   gpu: GpuSpec;
   /** Host folder for Hugging Face downloads, shared by every engine; null = default for the mode. */
   modelCache: string | null;
+  /** Keep every engine off the network: it must find image and model on this host. */
+  offline: boolean;
   /** Environment variable -> Podman secret name, for every engine (e.g. HF_TOKEN). */
   secrets: Record<string, string>;
   harvester: { image: string | null; scrapeInterval: string; retention: string };

@@ -29,6 +29,7 @@ const TOP_KEYS = [
   "active",
   "gpu",
   "model_cache",
+  "offline",
   "secrets",
   "harvester",
   "scribe",
@@ -117,6 +118,7 @@ class Validator {
       modelCache: top.model_cache === undefined || top.model_cache === null
         ? null
         : this.hostPath(top.model_cache, ["model_cache"]),
+      offline: this.boolean(top.offline ?? false, ["offline"]) ?? false,
       secrets: this.secrets(top.secrets ?? {}, ["secrets"]),
       harvester: {
         image: this.optionalImage(harvester.image, ["harvester", "image"]),
@@ -260,6 +262,12 @@ class Validator {
       );
     }
     return raw;
+  }
+
+  boolean(raw: unknown, path: KeyPath): boolean | null {
+    return typeof raw === "boolean"
+      ? raw
+      : this.fail(path, `expected true or false, got ${describe(raw)}`);
   }
 
   pattern(raw: unknown, path: KeyPath, re: RegExp, expected: string): string | null {

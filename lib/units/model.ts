@@ -155,13 +155,21 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       after: siblings.filter((n) => n < engine.name).map(soulstoneService),
       devices: gpuDevices(engine.gpu),
       volumes,
-      environment: Object.entries({ ...cartridge?.env, ...settings.env }),
+      environment: Object.entries({
+        ...cartridge?.env,
+        ...(config.offline ? cartridge?.offline.env : {}),
+        ...settings.env,
+      }),
       secrets: Object.entries(secrets).map(([env, name]) => `${name},type=env,target=${env}`),
       podmanArgs: [
         ...(engine.gpu.vendor === "amd" && loc.mode === "user" ? ["--group-add=keep-groups"] : []),
         `--stop-timeout=${settings.stopTimeoutSec}`,
       ],
-      exec: [...(cartridge ? cartridge.command(engine.model!) : []), ...settings.args],
+      exec: [
+        ...(cartridge ? cartridge.command(engine.model!) : []),
+        ...(config.offline && cartridge ? cartridge.offline.args : []),
+        ...settings.args,
+      ],
       ipcHost: cartridge?.ipcHost ?? false,
       timeoutStartSec: settings.startTimeoutSec,
       // Podman's own stop timeout runs first; systemd's is the backstop that kills.

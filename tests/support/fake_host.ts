@@ -72,6 +72,19 @@ export class FakeHost implements Host {
     );
   }
 
+  async runLines(program: string, args: string[], onLine: (line: string) => void) {
+    const r = await this.run(program, args);
+    for (const line of (r.stdout + r.stderr).split("\n")) if (line.trim()) onLine(line);
+    return r.code;
+  }
+
+  diskUsage(path: string) {
+    const prefix = `${path}/`;
+    const sizes = [...this.files.entries()].filter(([p]) => p === path || p.startsWith(prefix))
+      .map(([, f]) => f.data.length);
+    return Promise.resolve(sizes.length ? sizes.reduce((a, b) => a + b, 0) : null);
+  }
+
   runAttached(program: string, args: string[]) {
     return this.run(program, args).then((r) => r.code);
   }

@@ -32,6 +32,7 @@ interface Unit {
 
 export class FakeSystemd {
   units = new Map<string, Unit>();
+  missingImages = new Set<string>();
   host: FakeHost;
 
   constructor(
@@ -109,8 +110,23 @@ export class FakeSystemd {
     const extra = this.extraPrograms(program, args);
     if (extra) return extra;
     const ok = (stdout = ""): RunResult => ({ code: 0, stdout, stderr: "" });
-    if (program === "journalctl") return ok("engine: loading weights\nengine: out of patience\n");
-    if (program === "podman") return ok();
+    if (program === "journalctl") {
+      const lines = ["engine: loading weights", "engine: out of patience"];
+      const n = Number(args[args.indexOf("-n") + 1] ?? lines.length);
+      return ok(lines.slice(-n).join("\n") + "\n");
+    }
+    if (program === "podman") {
+      // Every image is here, unless the test says otherwise.
+      if (args[0] === "image" && args[1] === "exists") {
+        return { code: this.missingImages.has(args[2]) ? 1 : 0, stdout: "", stderr: "" };
+      }
+      if (args[0] === "image" && args[1] === "inspect") {
+        return this.missingImages.has(args.at(-1)!)
+          ? { code: 125, stdout: "", stderr: "Error: no such image" }
+          : ok("4200000000\n");
+      }
+      return ok();
+    }
     if (program !== "systemctl") return { code: 127, stdout: "", stderr: `${program}: not found` };
     const a = args.filter((x) => x !== "--user");
     switch (a[0]) {

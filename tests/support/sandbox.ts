@@ -63,11 +63,13 @@ export function sandboxUnavailable(): boolean {
 }
 
 /** Builds the fake engine image (Deno + tests/e2e/fake_engine.ts); returns its name. */
-export async function buildFakeEngineImage(): Promise<string> {
+export async function buildFakeEngineImage(
+  name = "localhost/lychd-fake-engine:1",
+): Promise<string> {
   const deno = Deno.realPathSync(DENO);
   const r = await sdsandbox([
     "image",
-    "localhost/lychd-fake-engine:1",
+    name,
     "--from-host",
     deno,
     "--file",
@@ -80,5 +82,5 @@ export async function buildFakeEngineImage(): Promise<string> {
     `ENTRYPOINT ["${deno}", "run", "--allow-net", "--allow-env", "/app/engine.ts"]`,
   ]);
   if (r.code !== 0) throw new Error(`sdsandbox image failed:\n${r.stderr}`);
-  return "localhost/lychd-fake-engine:1";
+  return name;
 }
