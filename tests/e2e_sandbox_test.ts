@@ -8,6 +8,7 @@
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import {
   buildFakeEngineImage,
+  buildPrometheusImage,
   DENO,
   guest,
   lychd,
@@ -28,10 +29,13 @@ const PORTS: Record<string, number> = {
 /** An image that is not built until the test says so: swaps to it must fail fast, then work. */
 const LATE_IMAGE = "localhost/lychd-fake-engine-late:1";
 
-function config(image: string): string {
+function config(image: string, prometheus: string): string {
   return `engines: [llama, sglang, vllm, broken, late]
 active: llama
 gpu: cpu
+harvester:
+  image: ${prometheus}
+  scrape_interval: 1s
 cartridges:
   llama:
     image: ${image}
@@ -96,8 +100,12 @@ Deno.test({
     assertEquals(up.code, 0, up.stderr);
     try {
       const image = await buildFakeEngineImage();
+      const prometheus = await buildPrometheusImage();
       await t.step("init --system writes the units and systemd generates them", async () => {
-        const w = await guest(["sh", "-c", "cat > /etc/lychd/lychd.yaml"], config(image));
+        const w = await guest(
+          ["sh", "-c", "cat > /etc/lychd/lychd.yaml"],
+          config(image, prometheus),
+        );
         assertEquals(w.code, 0, w.stderr);
         const init = await lychd("init", "--system");
         assertEquals(init.code, 0, init.stdout + init.stderr);
@@ -144,6 +152,42 @@ Deno.test({
         ]);
         assertMatch(journal.stdout, /SIGTERM ignored/);
       });
+
+      await t.step(
+        "the harvester unit (a real Prometheus) scrapes whichever engine holds port 8081",
+        async () => {
+          const start = await guest(["systemctl", "start", "harvester.service"]);
+          assertEquals(start.code, 0, start.stderr);
+          const query = async (q: string) => {
+            const r = await guest([
+              "curl",
+              "-fsS",
+              "--max-time",
+              "5",
+              `http://127.0.0.1:9090/api/v1/query?query=${encodeURIComponent(q)}`,
+            ]);
+            return r.code === 0
+              ? JSON.parse(r.stdout).data.result as { metric: Record<string, string> }[]
+              : [];
+          };
+          const servingIs = async (engine: string) => {
+            for (let i = 0; i < 60; i++) {
+              const r = await query("lychd:engine_serving");
+              if (r.length === 1 && r[0].metric.engine === engine) return true;
+              await new Promise((r) => setTimeout(r, 500));
+            }
+            return false;
+          };
+          assert(await servingIs("llama"), "the harvester never saw llama serving");
+          const up = await query('up{job="soulstone",instance="127.0.0.1:8081"} == 1');
+          assertEquals(up.length, 1, "127.0.0.1:8081 is not scraped");
+          const s = await lychd("swap", "--system", "sglang");
+          assertEquals(s.code, 0, s.stderr);
+          assert(await servingIs("sglang"), "after the swap the harvester did not see sglang");
+          const back = await lychd("swap", "--system", "llama");
+          assertEquals(back.code, 0, back.stderr);
+        },
+      );
 
       await t.step("swap to the engine already serving is a no-op", async () => {
         const r = await lychd("swap", "--system", "llama");

@@ -33,6 +33,30 @@ Deno.addSignalListener("SIGTERM", () => {
   Deno.exit(0);
 });
 
+/** A few series in the dialect of the engine this port belongs to, so the harvester labels them. */
+function metrics(): string {
+  const m = `model_name="${model}"`;
+  switch (port) {
+    case 8000:
+      return `# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{${m}} 1\n` +
+        `# TYPE vllm:generation_tokens_total counter\nvllm:generation_tokens_total{${m}} ${
+          requests * 10
+        }\n`;
+    case 30000:
+      return `# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{${m}} 1\n` +
+        `# TYPE sglang:generation_tokens_total counter\nsglang:generation_tokens_total{${m}} ${
+          requests * 10
+        }\n`;
+    case 8080:
+      return `# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 1\n` +
+        `# TYPE llamacpp:tokens_predicted_total counter\nllamacpp:tokens_predicted_total ${
+          requests * 10
+        }\n`;
+    default:
+      return `# TYPE fake_requests_total counter\nfake_requests_total ${requests}\n`;
+  }
+}
+
 console.log(
   `fake engine: port ${port}, model ${model}, ready after ${neverReady ? "never" : `${loadMs} ms`}`,
 );
@@ -58,10 +82,7 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
       );
     case "/metrics":
       requests++;
-      return new Response(
-        `# HELP fake_requests_total Requests.\n# TYPE fake_requests_total counter\nfake_requests_total ${requests}\n`,
-        { headers: { "content-type": "text/plain; version=0.0.4" } },
-      );
+      return new Response(metrics(), { headers: { "content-type": "text/plain; version=0.0.4" } });
     default:
       return new Response("not found\n", { status: 404 });
   }

@@ -62,6 +62,21 @@ export function sandboxUnavailable(): boolean {
   return true;
 }
 
+/** A Prometheus image from this machine's own binary (Debian's 2.x), to run the harvester unit. */
+export async function buildPrometheusImage(): Promise<string> {
+  const name = "localhost/lychd-prometheus:1";
+  const r = await sdsandbox([
+    "image",
+    name,
+    "--from-host",
+    "/usr/bin/prometheus",
+    "--change",
+    'ENTRYPOINT ["/usr/bin/prometheus"]',
+  ]);
+  if (r.code !== 0) throw new Error(`sdsandbox image (prometheus) failed:\n${r.stderr}`);
+  return name;
+}
+
 /** Builds the fake engine image (Deno + tests/e2e/fake_engine.ts); returns its name. */
 export async function buildFakeEngineImage(
   name = "localhost/lychd-fake-engine:1",
