@@ -118,7 +118,27 @@ export const denoHost: Host = {
   },
 
   async mkdirp(path, mode) {
-    await Deno.mkdir(path, { recursive: true, mode });
+    // The folders this creates get exactly `mode`, whatever the umask: the containers that read
+    // lychd's data (Prometheus as nobody, Grafana as uid 472) need to enter them.
+    const missing: string[] = [];
+    for (let p = path; p && p !== "/"; p = p.slice(0, p.lastIndexOf("/")) || "/") {
+      try {
+        await Deno.stat(p);
+        break;
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        missing.unshift(p);
+      }
+    }
+    for (const p of missing) {
+      try {
+        await Deno.mkdir(p, { mode });
+      } catch (e) {
+        if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+        continue;
+      }
+      await Deno.chmod(p, mode);
+    }
   },
 
   async run(program, args, stdin) {

@@ -323,3 +323,71 @@ Deno.test("init waits for another lychd holding the lock (a real flock), then pr
     await sb.cleanup();
   }
 });
+
+Deno.test("init: file modes are exact under umask 000 and 077", async () => {
+  for (const umask of ["000", "077"]) {
+    const sb = await sandbox();
+    try {
+      const r = await new Deno.Command("sh", {
+        args: [
+          "-c",
+          `umask ${umask}; exec "$0" run -q -P --frozen "$1" init`,
+          Deno.execPath(),
+          new URL("../main.ts", import.meta.url).pathname,
+        ],
+        clearEnv: true,
+        env: {
+          HOME: sb.home,
+          PATH: `${sb.bin}:/usr/bin:/bin`,
+          DENO_DIR: Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`,
+        },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(r.code, 0, new TextDecoder().decode(r.stderr));
+      const mode = async (p: string) => (await Deno.stat(`${sb.home}/${p}`)).mode! & 0o777;
+      assertEquals(await mode(`${UNITS}/soulstone-vllm.container`), 0o644, `umask ${umask}`);
+      assertEquals(
+        await mode(`${DATA}/grafana/dashboards/lychd-vessel.json`),
+        0o644,
+        `umask ${umask}`,
+      );
+      assertEquals(await mode(CONFIG), 0o600, `umask ${umask}`);
+      assertEquals(await mode(`${DATA}/grafana-admin-password`), 0o600, `umask ${umask}`);
+      // Folders the containers read through: enterable by others, whatever the umask.
+      assertEquals(await mode(`${DATA}/prometheus/rules`), 0o755, `umask ${umask}`);
+      assertEquals(await mode(`${DATA}/grafana/dashboards`), 0o755, `umask ${umask}`);
+    } finally {
+      await sb.cleanup();
+    }
+  }
+});
+
+Deno.test("init: a lock held by a process that was SIGKILLed is free at once (flock)", async () => {
+  const sb = await sandbox();
+  try {
+    const lockFile = `${sb.home}/${DATA}/lychd.lock`;
+    await Deno.mkdir(`${sb.home}/${DATA}`, { recursive: true });
+    const holder = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `const f = await Deno.open(${
+          JSON.stringify(lockFile)
+        }, {read: true, write: true, create: true});
+         await f.lock(true); console.log("locked"); await new Promise((r) => setTimeout(r, 60000));`,
+      ],
+      stdout: "piped",
+    }).spawn();
+    const reader = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    assertEquals((await reader.read()).value?.trim(), "locked");
+    holder.kill("SIGKILL");
+    await holder.status;
+    reader.releaseLock();
+    await holder.stdout.cancel().catch(() => {});
+    const r = await sb.run(["init"]);
+    assertEquals(r.code, 0, r.stderr);
+    assert(!r.stderr.includes("waiting"), "init waited for a dead process");
+  } finally {
+    await sb.cleanup();
+  }
+});

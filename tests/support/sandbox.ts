@@ -55,7 +55,8 @@ export function sandboxUnavailable(): boolean {
     if (new TextDecoder().decode(id.stdout).trim() !== "0") reason = "not root";
   }
   if (!reason) return false;
-  if (IN_CI) {
+  // A CI without the sandbox tool at all (the release workflow) says so explicitly.
+  if (IN_CI && Deno.env.get("LYCHD_NO_SANDBOX") !== "1") {
     throw new Error(`the systemd sandbox cannot run (${reason}); CI must run the e2e tests`);
   }
   console.error(`\n!!! SKIPPING systemd-sandbox tests: ${reason}\n`);
