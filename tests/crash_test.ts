@@ -6,7 +6,7 @@
  */
 import { sha256 } from "../lib/apply.ts";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
-import { sandbox } from "./support/cli.ts";
+import { lychdArgs, sandbox, testEnv } from "./support/cli.ts";
 
 const RUNS = Number(Deno.env.get("LYCHD_CRASH_RUNS") ?? 100);
 const NEW = [
@@ -39,21 +39,9 @@ Deno.test(`crash: ${RUNS} SIGKILLs at random moments of init never leave a half-
     // Calibrate: how long a full run of this init takes here; the writes come near its end.
     const spawnInit = () =>
       new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-q",
-          "-P",
-          "--frozen",
-          new URL("../main.ts", import.meta.url).pathname,
-          "init",
-          ...NEW,
-        ],
+        args: lychdArgs(["init", ...NEW]),
         clearEnv: true,
-        env: {
-          HOME: sb.home,
-          PATH: `${sb.bin}:/usr/bin:/bin`,
-          DENO_DIR: Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`,
-        },
+        env: testEnv(sb),
         stdout: "null",
         stderr: "null",
       }).spawn();

@@ -1,6 +1,6 @@
 /** `lychd init` and `lychd render` end to end: the real CLI, real files, fake systemctl/podman. */
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
-import { sandbox } from "./support/cli.ts";
+import { lychdArgs, sandbox, testEnv } from "./support/cli.ts";
 
 const UNITS = ".config/containers/systemd";
 const DATA = ".local/share/lychd";
@@ -293,20 +293,7 @@ Deno.test("--help, <command> --help and --version", async () => {
 Deno.test("init waits for another lychd holding the lock (a real flock), then proceeds", async () => {
   const sb = await sandbox();
   try {
-    const lockFile = `${sb.home}/${DATA}/lychd.lock`;
-    await Deno.mkdir(`${sb.home}/${DATA}`, { recursive: true });
-    const holder = new Deno.Command(Deno.execPath(), {
-      args: [
-        "eval",
-        `const f = await Deno.open(${
-          JSON.stringify(lockFile)
-        }, {read: true, write: true, create: true});
-         await f.lock(true); console.log("locked"); await new Promise((r) => setTimeout(r, 1500));`,
-      ],
-      stdout: "piped",
-    }).spawn();
-    const reader = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    assertEquals((await reader.read()).value?.trim(), "locked");
+    const holder = await holdLock(`${sb.home}/${DATA}/lychd.lock`, 1500);
     const t0 = performance.now();
     const r = await sb.run(["init"]);
     const waited = performance.now() - t0;
@@ -316,8 +303,6 @@ Deno.test("init waits for another lychd holding the lock (a real flock), then pr
       /Another lychd command \(init or swap\) is running; waiting for it to finish/,
     );
     assert(waited > 1000, `init did not wait (${waited} ms)`);
-    reader.releaseLock();
-    await holder.stdout.cancel().catch(() => {});
     await holder.status;
   } finally {
     await sb.cleanup();
@@ -329,18 +314,9 @@ Deno.test("init: file modes are exact under umask 000 and 077", async () => {
     const sb = await sandbox();
     try {
       const r = await new Deno.Command("sh", {
-        args: [
-          "-c",
-          `umask ${umask}; exec "$0" run -q -P --frozen "$1" init`,
-          Deno.execPath(),
-          new URL("../main.ts", import.meta.url).pathname,
-        ],
+        args: ["-c", `umask ${umask}; exec "$0" "$@"`, Deno.execPath(), ...lychdArgs(["init"])],
         clearEnv: true,
-        env: {
-          HOME: sb.home,
-          PATH: `${sb.bin}:/usr/bin:/bin`,
-          DENO_DIR: Deno.env.get("DENO_DIR") ?? `${Deno.env.get("HOME")}/.cache/deno`,
-        },
+        env: testEnv(sb),
         stdout: "piped",
         stderr: "piped",
       }).output();
@@ -366,24 +342,9 @@ Deno.test("init: file modes are exact under umask 000 and 077", async () => {
 Deno.test("init: a lock held by a process that was SIGKILLed is free at once (flock)", async () => {
   const sb = await sandbox();
   try {
-    const lockFile = `${sb.home}/${DATA}/lychd.lock`;
-    await Deno.mkdir(`${sb.home}/${DATA}`, { recursive: true });
-    const holder = new Deno.Command(Deno.execPath(), {
-      args: [
-        "eval",
-        `const f = await Deno.open(${
-          JSON.stringify(lockFile)
-        }, {read: true, write: true, create: true});
-         await f.lock(true); console.log("locked"); await new Promise((r) => setTimeout(r, 60000));`,
-      ],
-      stdout: "piped",
-    }).spawn();
-    const reader = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    assertEquals((await reader.read()).value?.trim(), "locked");
+    const holder = await holdLock(`${sb.home}/${DATA}/lychd.lock`, 60_000);
     holder.kill("SIGKILL");
     await holder.status;
-    reader.releaseLock();
-    await holder.stdout.cancel().catch(() => {});
     const r = await sb.run(["init"]);
     assertEquals(r.code, 0, r.stderr);
     assert(!r.stderr.includes("waiting"), "init waited for a dead process");
@@ -391,3 +352,21 @@ Deno.test("init: a lock held by a process that was SIGKILLed is free at once (fl
     await sb.cleanup();
   }
 });
+
+/** Another process holding lychd's lock (an flock) for `ms`; resolves once it holds it. */
+async function holdLock(file: string, ms: number): Promise<Deno.ChildProcess> {
+  await Deno.mkdir(file.slice(0, file.lastIndexOf("/")), { recursive: true });
+  const holder = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const f = await Deno.open(${JSON.stringify(file)}, {read: true, write: true, create: true});
+       await f.lock(true); console.log("locked"); await new Promise((r) => setTimeout(r, ${ms}));`,
+    ],
+    stdout: "piped",
+  }).spawn();
+  const reader = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assertEquals((await reader.read()).value?.trim(), "locked");
+  reader.releaseLock();
+  holder.stdout.cancel().catch(() => {});
+  return holder;
+}

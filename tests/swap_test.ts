@@ -6,6 +6,7 @@
 import { init } from "../lib/commands/init.ts";
 import { status } from "../lib/commands/status.ts";
 import { stop } from "../lib/commands/stop.ts";
+import { logs } from "../lib/commands/logs.ts";
 import { swap, type SwapOptions } from "../lib/commands/swap.ts";
 import type { Override } from "../lib/config/yaml.ts";
 import { LychdError } from "../lib/errors.ts";
@@ -274,4 +275,41 @@ Deno.test("swap: an engine whose image is not here fails at once, pointing to ly
     "nothing was changed",
   );
   assertEquals(fs.state("soulstone-llama.service").state, "active");
+});
+
+Deno.test("status: a failed engine is shown as failed, and nothing is active", async () => {
+  const engines = ENGINES();
+  engines.vllm.dieMs = 500;
+  const fs = await installed(engines, "vllm");
+  fs.host.clock += 1000;
+  assertEquals(await status(fs.host, { config: setup, json: true }), 3);
+  const r = JSON.parse(fs.host.stdout);
+  assertEquals(r.active, null);
+  assertEquals(r.serving, null);
+  assertEquals(r.engines.find((e: { name: string }) => e.name === "vllm").state, "failed");
+});
+
+Deno.test("logs: the active (or failed) engine by default, a named unit otherwise", async () => {
+  const fs = await installed(ENGINES(), "sglang");
+  assertEquals(await logs(fs.host, { config: setup, target: null, follow: false, lines: 50 }), 0);
+  assertEquals(
+    fs.host.calls.at(-1),
+    "journalctl --user -u soulstone-sglang.service -n 50 --no-pager",
+  );
+  assertEquals(
+    await logs(fs.host, { config: setup, target: "harvester", follow: true, lines: 5 }),
+    0,
+  );
+  assertEquals(fs.host.calls.at(-1), "journalctl --user -u harvester.service -n 5 --no-pager -f");
+  await stop(fs.host, { config: setup, all: false });
+  assertEquals(await logs(fs.host, { config: setup, target: null, follow: false, lines: 10 }), 0);
+  assertEquals(
+    fs.host.calls.at(-1),
+    "journalctl --user -u soulstone-sglang.service -n 10 --no-pager",
+    "the boot engine",
+  );
+  await assertRejects(
+    () => logs(fs.host, { config: setup, target: "tgi", follow: false, lines: 10 }),
+    /no engine or watcher "tgi"; choose one of: llama, vllm, sglang, harvester, scribe/,
+  );
 });

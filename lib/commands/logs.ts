@@ -34,7 +34,9 @@ export async function logs(host: Host, options: LogsOptions): Promise<number> {
   } else {
     const units = engines.map(soulstoneService);
     const states = await showUnits(host, loc.systemctlScope, units, ["ActiveState"]);
-    unit = units.find((u) => states[u]?.ActiveState !== "inactive") ??
+    // The engine that runs (or tries to, or just failed); else the boot engine.
+    const running = ["active", "activating", "deactivating", "failed"];
+    unit = units.find((u) => running.includes(states[u]?.ActiveState)) ??
       soulstoneService(config.active);
   }
   const args = [...loc.systemctlScope, "-u", unit, "-n", String(options.lines), "--no-pager"];

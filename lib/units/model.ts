@@ -11,7 +11,6 @@ import {
   type MetricsDialect,
   PROMETHEUS_IMAGE,
   PROMETHEUS_PORT,
-  STANDARD_PORT,
 } from "../engines.ts";
 import { ConfigError } from "../errors.ts";
 import { defaultSettings } from "../config/validate.ts";
@@ -215,5 +214,3 @@ export function grafanaUnit(config: LychdConfig, loc: Locations): GrafanaUnit {
     wantedBy: loc.bootTarget,
   };
 }
-
-export { STANDARD_PORT };

@@ -25,8 +25,3 @@ export function systemdWord(value: string): string {
 export function systemdWords(values: readonly string[]): string {
   return values.map(systemdWord).join(" ");
 }
-
-/** A value where systemd expands specifiers but does not split words (e.g. Description=). */
-export function escapeSpecifiers(value: string): string {
-  return value.replaceAll("%", "%%");
-}

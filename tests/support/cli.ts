@@ -86,9 +86,19 @@ esac
   return sb;
 }
 
+/** `deno` arguments that run lychd as the binary does: its entry point, its permission set. */
+export function lychdArgs(args: string[]): string[] {
+  return ["run", "-q", "-P", "--frozen", `${ROOT}main.ts`, ...args];
+}
+
+/** The environment of a lychd run in a test home: fakes first on PATH, the shared Deno cache. */
+export function testEnv(sb: Sandbox, extra: Record<string, string> = {}): Record<string, string> {
+  return { HOME: sb.home, PATH: `${sb.bin}:/usr/bin:/bin`, DENO_DIR, NO_COLOR: "1", ...extra };
+}
+
 export async function runCli(args: string[], env: Record<string, string>): Promise<CliResult> {
   const r = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-q", "-P", "--frozen", `${ROOT}main.ts`, ...args],
+    args: lychdArgs(args),
     cwd: ROOT,
     clearEnv: true,
     env: { DENO_DIR, NO_COLOR: "1", ...env },
