@@ -155,8 +155,16 @@ Deno.test("swap --no-rollback leaves things as they are; with nothing before, th
 
   const fresh = await installed(engines, null);
   assertEquals(await swap(fresh.host, opts("vllm", { timeoutSec: 5 })), 4);
-  assertMatch(fresh.host.stderr, /No engine served before the swap; vllm is stopped again/);
+  assertMatch(
+    fresh.host.stderr,
+    /No engine served before the swap; vllm is stopped again and llama is the boot engine again/,
+  );
   assertEquals(fresh.state("soulstone-vllm.service").state, "inactive");
+  assertMatch(fresh.host.text(CONFIG)!, /^active: llama$/m);
+  assertMatch(
+    fresh.host.text(`${UNITS}/soulstone-llama.container`)!,
+    /^WantedBy=default\.target$/m,
+  );
 });
 
 Deno.test("swap: an engine that ignores SIGTERM is killed by the stop timeout, and the report says so", async () => {

@@ -56,7 +56,11 @@ export async function swap(host: Host, options: SwapOptions): Promise<number> {
         `download during a swap. Fetch it first: lychd pull ${target.name}`,
     );
   }
-  return await withLock(host, loc, () => swapLocked(host, loc, options, engines, target));
+  return await withLock(
+    host,
+    loc,
+    () => swapLocked(host, loc, options, engines, target, config.active),
+  );
 }
 
 async function swapLocked(
@@ -65,6 +69,7 @@ async function swapLocked(
   options: SwapOptions,
   engines: Engine[],
   target: Engine,
+  bootBefore: string,
 ): Promise<number> {
   const scope = loc.systemctlScope;
   const units = engines.map((e) => soulstoneService(e.name));
@@ -116,8 +121,14 @@ async function swapLocked(
   }
   if (!previous) {
     await systemctl(host, scope, "stop", soulstoneService(target.name)).catch(() => {});
+    // Nothing to roll back to, but the boot engine goes back to what it was.
+    await installUnits(host, loc, {
+      ...options.config,
+      overrides: [{ path: ["active"], value: bootBefore, flag: "swap" }],
+    });
     host.err(
-      `No engine served before the swap; ${target.name} is stopped again. Nothing serves now.\n`,
+      `No engine served before the swap; ${target.name} is stopped again and ${bootBefore} is the ` +
+        "boot engine again. Nothing serves now.\n",
     );
     return EXIT_NOT_SERVING;
   }
