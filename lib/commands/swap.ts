@@ -16,7 +16,7 @@ import { BASE_URL, type Probe, probe } from "../readiness.ts";
 import { journalTail, parseTimestamp, showUnits, systemctl, SystemctlError } from "../systemctl.ts";
 import { imageExists } from "../images.ts";
 import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
-import { installUnits, withLock } from "./init.ts";
+import { installUnits, withLock } from "../install.ts";
 
 export interface SwapOptions {
   config: ConfigOptions;

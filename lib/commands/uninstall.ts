@@ -9,7 +9,7 @@ import type { ConfigOptions } from "../cli.ts";
 import type { Host } from "../host.ts";
 import { locations } from "../paths.ts";
 import { GRAFANA_ADMIN_SECRET } from "../units/model.ts";
-import { systemctlLine, withLock } from "./init.ts";
+import { systemctlLine, withLock } from "../install.ts";
 
 export interface UninstallOptions {
   config: ConfigOptions;
