@@ -37,6 +37,8 @@ export interface Host {
   exists(path: string): Promise<boolean>;
   /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
   diskUsage(path: string): Promise<number | null>;
+  /** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+  portOpen(port: number): Promise<boolean>;
   /** GET on a loopback URL, never throwing: connection refused and timeouts are results. */
   httpGet(url: string, timeoutMs: number): Promise<HttpResult>;
   /**
@@ -233,6 +235,17 @@ export const denoHost: Host = {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return false;
       throw e;
+    }
+  },
+
+  async portOpen(port) {
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      conn.close();
+      return true;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotCapable) throw e;
+      return false;
     }
   },
 

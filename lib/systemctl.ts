@@ -2,6 +2,7 @@
  * The systemd calls lychd makes, as argument lists (never a shell string), in one place.
  * `scope` is [] for system units or ["--user"].
  */
+import { LychdError } from "./errors.ts";
 import type { Host } from "./host.ts";
 
 export type UnitProps = Record<string, string>;
@@ -69,9 +70,11 @@ export function parseTimestamp(value: string | undefined): number | null {
   return Date.parse(`${m[1]}T${m[2]}Z`) + Number(m[3] ?? 0) * 1000;
 }
 
-export class SystemctlError extends Error {
+/** systemctl failed: a message for the user (exit 1), with systemctl's own words. */
+export class SystemctlError extends LychdError {
   constructor(message: string, readonly code: number) {
-    super(message);
+    super(message, 1);
+    this.name = "SystemctlError";
   }
 }
 

@@ -1,5 +1,5 @@
 /** doctor on a host that passes and one that fails, with real nvidia-smi output as the GPU's answer. */
-import { doctor, listeningPorts, parseVersion } from "../lib/commands/doctor.ts";
+import { doctor, parseVersion } from "../lib/commands/doctor.ts";
 import { init } from "../lib/commands/init.ts";
 import type { RunResult } from "../lib/host.ts";
 import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
@@ -7,12 +7,6 @@ import { FakeSystemd } from "./support/fake_systemd.ts";
 
 const NVIDIA_SMI_L = "GPU 0: NVIDIA H200 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n"; // fixture nvidia-smi-580
 const setup = { system: false, configPath: null, overrides: [] };
-// /proc/net/tcp: one socket listening on 127.0.0.1:8081 (0x1F91), one established elsewhere.
-const PROC_NET_TCP =
-  `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:9C40 0100007F:1F91 01 00000000:00000000 00:00000000 00000000     0        0 2 1
-`;
 
 function host(programs: Record<string, RunResult>, files: Record<string, string>) {
   const fs = new FakeSystemd(
@@ -33,8 +27,8 @@ Deno.test("doctor: a good host passes every check", async () => {
     "/usr/libexec/podman/quadlet": "",
     "/var/lib/systemd/linger/ada": "",
     "/etc/cdi/nvidia.yaml": "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n",
-    "/proc/net/tcp": PROC_NET_TCP,
   });
+  fs.host.openPorts.add(8081);
   await init(fs.host, {
     config: { ...setup, overrides: [{ path: ["engines"], value: ["llama", "vllm"], flag: "x" }] },
     dryRun: false,
@@ -60,7 +54,8 @@ Deno.test("doctor: a bad host fails with the fix for each problem", async () => 
   const { fs } = host({
     "podman --version": { code: 0, stdout: "podman version 4.3.1\n", stderr: "" },
     "nvidia-smi": { code: 127, stdout: "", stderr: "nvidia-smi: not found" },
-  }, { "/proc/net/tcp": PROC_NET_TCP });
+  }, {});
+  fs.host.openPorts.add(8081);
   fs.host.env = (n: string) => ({ HOME: "/home/ada", USER: "ada" } as Record<string, string>)[n];
   assertEquals(await doctor(fs.host, { config: setup }), 1);
   const out = fs.host.stdout;
@@ -81,5 +76,4 @@ Deno.test("doctor: a bad host fails with the fix for each problem", async () => 
 
 Deno.test("doctor: helpers", () => {
   assertDeep(parseVersion("podman version 4.9.3"), [4, 9, 3]);
-  assertDeep([...listeningPorts(PROC_NET_TCP)], [8081]);
 });

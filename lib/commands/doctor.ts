@@ -181,22 +181,7 @@ async function checkAmd(host: Host): Promise<Check[]> {
   return out;
 }
 
-/** Listening TCP ports from /proc/net/tcp and tcp6 (state 0A). */
-export function listeningPorts(procNetTcp: string): Set<number> {
-  const ports = new Set<number>();
-  for (const line of procNetTcp.split("\n").slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length > 3 && f[3] === "0A") ports.add(parseInt(f[1].split(":")[1], 16));
-  }
-  return ports;
-}
-
 async function checkPorts(host: Host, loc: Locations, engines: Engine[]): Promise<Check[]> {
-  const read = async (p: string) =>
-    new TextDecoder().decode((await host.readFile(p)) ?? new Uint8Array());
-  const listening = listeningPorts(
-    (await read("/proc/net/tcp")) + "\n" + (await read("/proc/net/tcp6")),
-  );
   const owners: [number, string[]][] = [
     [STANDARD_PORT, engines.map((e) => soulstoneService(e.name))],
     [PROMETHEUS_PORT, ["harvester.service"]],
@@ -206,9 +191,11 @@ async function checkPorts(host: Host, loc: Locations, engines: Engine[]): Promis
   const states = await showUnits(host, loc.systemctlScope, units, ["ActiveState"]).catch(
     () => ({}),
   );
-  return owners.map(([port, candidates]) => {
+  // Something answering a TCP connect on the port is what would collide with lychd's units.
+  const open = await Promise.all(owners.map(([port]) => host.portOpen(port)));
+  return owners.map(([port, candidates], i) => {
     const name = `port ${port}`;
-    if (!listening.has(port)) return { verdict: "pass", name, detail: "free" };
+    if (!open[i]) return { verdict: "pass", name, detail: "free" };
     const owner = candidates.find((u) =>
       (states as Record<string, Record<string, string>>)[u]?.ActiveState === "active"
     );

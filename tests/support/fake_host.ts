@@ -93,6 +93,12 @@ export class FakeHost implements Host {
     return Promise.resolve(this.files.has(path));
   }
 
+  openPorts = new Set<number>();
+
+  portOpen(port: number) {
+    return Promise.resolve(this.openPorts.has(port));
+  }
+
   httpGet(url: string, _timeoutMs: number): Promise<HttpResult> {
     this.clock += 1;
     return Promise.resolve(this.options.http?.(url) ?? { error: "refused" });

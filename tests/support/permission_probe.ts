@@ -19,7 +19,7 @@ console.log(JSON.stringify({
   readSecretFile: await attempt(() => Deno.readTextFile("/etc/shadow")),
   // .invalid never resolves: the permission check comes first, and nothing leaves the machine.
   connectNonLoopback: await attempt(() => fetch("http://lychd-probe.invalid/")),
-  connectOtherLoopbackPort: await attempt(() => fetch("http://127.0.0.1:9090/")),
+  connectOtherLoopbackPort: await attempt(() => fetch("http://127.0.0.1:9999/")),
   readEnvOutsideList: await attempt(() => Promise.resolve(Deno.env.get("AWS_SECRET_ACCESS_KEY"))),
   allowedProgram: await attempt(() =>
     new Deno.Command("systemctl", { args: ["--version"] }).output()
