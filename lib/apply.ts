@@ -160,11 +160,14 @@ export async function applyChanges(
     } catch (e) {
       if (e instanceof Deno.errors.NotCapable) throw e;
       const done = writes.indexOf(c);
+      const hint = e instanceof Deno.errors.PermissionDenied
+        ? "Fix the permissions (root units, --system, need root)"
+        : "Fix the cause (disk space, a read-only folder)";
       throw new LychdError(
         `could not write ${c.path}: ${(e as Error).message}.\n` +
           `lychd stopped there (${done} of ${writes.length} files written): each file is either its ` +
-          "old or its new version, nothing is half-written. Fix the cause (disk space, a read-only " +
-          "folder) and run the same command again to finish.",
+          `old or its new version, nothing is half-written. ${hint} and run the same command again ` +
+          "to finish.",
       );
     }
   }

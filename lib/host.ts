@@ -11,6 +11,8 @@ export interface RunResult {
   stderr: string;
 }
 
+import { LychdError } from "./errors.ts";
+
 export type HttpResult = { status: number; body: string } | {
   error: "refused" | "timeout" | string;
 };
@@ -37,6 +39,8 @@ export interface Host {
   exists(path: string): Promise<boolean>;
   /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
   diskUsage(path: string): Promise<number | null>;
+  /** `path` made absolute against the working folder. */
+  absolute(path: string): string;
   /** Whether something accepts TCP connections on 127.0.0.1:`port`. */
   portOpen(port: number): Promise<boolean>;
   /** GET on a loopback URL, never throwing: connection refused and timeouts are results. */
@@ -235,6 +239,18 @@ export const denoHost: Host = {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return false;
       throw e;
+    }
+  },
+
+  absolute(path) {
+    if (path.startsWith("/")) return path;
+    try {
+      return `${Deno.cwd().replace(/\/$/, "")}/${path.replace(/^\.\//, "")}`;
+    } catch {
+      throw new LychdError(
+        `${path}: give an absolute path (this folder is outside what lychd may read)`,
+        2,
+      );
     }
   },
 

@@ -370,3 +370,27 @@ async function holdLock(file: string, ms: number): Promise<Deno.ChildProcess> {
   holder.stdout.cancel().catch(() => {});
   return holder;
 }
+
+Deno.test("relative --config and --out are taken from the working folder", async () => {
+  const sb = await sandbox();
+  try {
+    await Deno.writeTextFile(`${sb.home}/my.yaml`, "engines: [llama]\n");
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: lychdArgs(["render", "--out", "preview", "--config", "./my.yaml"]),
+      cwd: sb.home,
+      clearEnv: true,
+      env: testEnv(sb),
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(r.code, 0, new TextDecoder().decode(r.stderr));
+    const files = Object.keys(await sb.tree());
+    assert(files.includes("preview/quadlet/soulstone-llama.container"), files.join("\n"));
+    assert(
+      !files.includes("preview/quadlet/soulstone-vllm.container"),
+      "the relative --config was not read",
+    );
+  } finally {
+    await sb.cleanup();
+  }
+});

@@ -116,7 +116,7 @@ export interface RenderOptions {
 /** Write the complete set into one folder: quadlet/, data/, lychd.yaml. No systemd, no secrets. */
 export async function render(host: Host, options: RenderOptions): Promise<number> {
   const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const out = options.out.replace(/\/+$/, "") || "/";
+  const out = host.absolute(options.out).replace(/\/+$/, "") || "/";
   const { changes, manifestPath, manifest } = await prepare(
     host,
     loc,

@@ -23,7 +23,9 @@ export async function loadConfig(
   loc: Locations,
   options: ConfigOptions,
 ): Promise<LoadedConfig> {
-  const configPath = options.configPath ?? loc.configFile;
+  const configPath = options.configPath === null
+    ? loc.configFile
+    : host.absolute(options.configPath);
   const bytes = await host.readFile(configPath);
   let text: string | null = null;
   if (bytes !== null) {

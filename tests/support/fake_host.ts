@@ -93,6 +93,10 @@ export class FakeHost implements Host {
     return Promise.resolve(this.files.has(path));
   }
 
+  absolute(path: string) {
+    return path.startsWith("/") ? path : `/home/ada/work/${path}`;
+  }
+
   openPorts = new Set<number>();
 
   portOpen(port: number) {
