@@ -37,6 +37,8 @@ export interface Host {
   /** Run with the terminal attached (e.g. `journalctl -f`); returns the exit code. */
   runAttached(program: string, args: string[]): Promise<number>;
   exists(path: string): Promise<boolean>;
+  /** The permission bits of a file or device, or null if it does not exist. */
+  fileMode(path: string): Promise<number | null>;
   /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
   diskUsage(path: string): Promise<number | null>;
   /** `path` made absolute against the working folder. */
@@ -212,6 +214,15 @@ export const denoHost: Host = {
       return r.code;
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return 127;
+      throw e;
+    }
+  },
+
+  async fileMode(path) {
+    try {
+      return ((await Deno.stat(path)).mode ?? 0) & 0o7777;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
       throw e;
     }
   },

@@ -2,7 +2,7 @@
 import { doctor, parseVersion } from "../lib/commands/doctor.ts";
 import { init } from "../lib/commands/init.ts";
 import type { RunResult } from "../lib/host.ts";
-import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { FakeSystemd } from "./support/fake_systemd.ts";
 
 const NVIDIA_SMI_L = "GPU 0: NVIDIA H200 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n"; // fixture nvidia-smi-580
@@ -76,4 +76,25 @@ Deno.test("doctor: a bad host fails with the fix for each problem", async () => 
 
 Deno.test("doctor: helpers", () => {
   assertDeep(parseVersion("podman version 4.9.3"), [4, 9, 3]);
+});
+
+Deno.test("doctor: AMD devices present, missing, or reachable only through groups", async () => {
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+  }, {});
+  await init(fs.host, {
+    config: { ...setup, overrides: [{ path: ["gpu"], value: "amd", flag: "--gpu" }] },
+    dryRun: false,
+    force: false,
+    reload: true,
+  });
+  fs.host.files.set("/dev/kfd", { data: new Uint8Array(), mode: 0o660 });
+  fs.host.stdout = "";
+  await doctor(fs.host, { config: setup });
+  assertMatch(
+    fs.host.stdout,
+    /^WARN {2}AMD \/dev\/kfd: present, mode 660: only its group may use it\n +fix: .*usermod -aG video,render/m,
+  );
+  assertMatch(fs.host.stdout, /^FAIL {2}AMD \/dev\/dri: missing/m);
+  assert(!fs.host.stdout.includes("NVIDIA"), "no NVIDIA checks for an AMD setup");
 });

@@ -38,7 +38,7 @@ export async function doctor(host: Host, options: { config: ConfigOptions }): Pr
     await checkSystemd(host),
     ...(loc.mode === "user" ? [await checkLinger(host)] : []),
     ...(engines.some((e) => e.gpu.vendor === "nvidia") ? await checkNvidia(host) : []),
-    ...(engines.some((e) => e.gpu.vendor === "amd") ? await checkAmd(host) : []),
+    ...(engines.some((e) => e.gpu.vendor === "amd") ? await checkAmd(host, loc) : []),
     ...await checkPorts(host, loc, engines),
     ...await checkUnits(host, loc),
   ];
@@ -166,17 +166,29 @@ async function checkNvidia(host: Host): Promise<Check[]> {
   return checks;
 }
 
-async function checkAmd(host: Host): Promise<Check[]> {
+async function checkAmd(host: Host, loc: Locations): Promise<Check[]> {
   const out: Check[] = [];
   for (const dev of ["/dev/kfd", "/dev/dri"]) {
-    out.push(
-      (await host.exists(dev)) ? { verdict: "pass", name: `AMD ${dev}`, detail: "present" } : {
+    const mode = await host.fileMode(dev);
+    const name = `AMD ${dev}`;
+    if (mode === null) {
+      out.push({
         verdict: "fail",
-        name: `AMD ${dev}`,
+        name,
         detail: "missing",
-        fix: "install the amdgpu driver (ROCm); the user needs the video and render groups",
-      },
-    );
+        fix: "install the amdgpu driver (ROCm)",
+      });
+    } else if (loc.mode === "user" && (mode & 0o006) !== 0o006) {
+      // Not open to everyone: a rootless container reaches it only through the user's groups
+      // (the units pass --group-add=keep-groups).
+      out.push({
+        verdict: "warn",
+        name,
+        detail: `present, mode ${mode.toString(8)}: only its group may use it`,
+        fix:
+          "make sure you are in the video and render groups: sudo usermod -aG video,render $USER",
+      });
+    } else out.push({ verdict: "pass", name, detail: "present" });
   }
   return out;
 }

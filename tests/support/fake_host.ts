@@ -78,6 +78,10 @@ export class FakeHost implements Host {
     return r.code;
   }
 
+  fileMode(path: string) {
+    return Promise.resolve(this.files.get(path)?.mode ?? null);
+  }
+
   diskUsage(path: string) {
     const prefix = `${path}/`;
     const sizes = [...this.files.entries()].filter(([p]) => p === path || p.startsWith(prefix))
