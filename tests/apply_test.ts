@@ -72,6 +72,7 @@ Deno.test("apply: a crash at any write leaves old-or-new files that the next ini
   }
   // Every file write plus the two manifest writes were a crash point.
   assertEquals(crashes, changed.length + 2);
+  console.log(`  ${crashes} crash points (every write step), 0 inconsistencies`);
 });
 
 Deno.test("apply: a failing write reports the error and leaves earlier files intact", async () => {
