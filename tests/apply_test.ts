@@ -21,9 +21,13 @@ function options(overrides: Override[]) {
 }
 
 const OLD: Override[] = [];
+/** Changes every unit, the Prometheus and Grafana config and lychd.yaml. */
 const NEW: Override[] = [
   { path: ["cartridges", "vllm", "model"], value: "org/new-model", flag: "--model" },
+  { path: ["gpu"], value: "nvidia:0", flag: "--gpu" },
   { path: ["harvester", "scrape_interval"], value: "10s", flag: "x" },
+  { path: ["harvester", "image"], value: "docker.io/prom/prometheus:v3.5.1", flag: "x" },
+  { path: ["scribe", "image"], value: "docker.io/grafana/grafana:12.2.1", flag: "x" },
 ];
 
 async function stateAfter(files: Record<string, string>, overrides: Override[]) {
