@@ -179,6 +179,11 @@ Deno.test({
             return false;
           };
           assert(await servingIs("llama"), "the harvester never saw llama serving");
+          const st = JSON.parse((await lychd("status", "--system", "--json")).stdout);
+          assertEquals(
+            st.watchers.find((w: { name: string }) => w.name === "harvester").healthy,
+            true,
+          );
           const up = await query('up{job="soulstone",instance="127.0.0.1:8081"} == 1');
           assertEquals(up.length, 1, "127.0.0.1:8081 is not scraped");
           const s = await lychd("swap", "--system", "sglang");

@@ -259,9 +259,21 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
     true,
   ]);
   assertEquals(byName.sglang.modelBytes, 11);
-  assertDeep(r.watchers.map((w: { name: string; url: string }) => [w.name, w.url]), [
-    ["harvester", "http://127.0.0.1:9090"],
-    ["scribe", "http://127.0.0.1:3000"],
+  assertDeep(
+    r.watchers.map((
+      w: { name: string; url: string; healthy: boolean },
+    ) => [w.name, w.url, w.healthy]),
+    [
+      ["harvester", "http://127.0.0.1:9090", false],
+      ["scribe", "http://127.0.0.1:3000", false],
+    ],
+  );
+  fs.watchersUp.add(9090);
+  fs.host.stdout = "";
+  await status(fs.host, { config: setup, json: true });
+  assertDeep(JSON.parse(fs.host.stdout).watchers.map((w: { healthy: boolean }) => w.healthy), [
+    true,
+    false,
   ]);
   assertEquals(await stop(fs.host, { config: setup, all: false }), 0);
   fs.host.stdout = "";

@@ -48,7 +48,8 @@ export interface StatusReport {
     modelBytes: number | null;
   }[];
   serving: { engine: string; health: string; models: string[] } | null;
-  watchers: { name: string; unit: string; state: string; url: string }[];
+  /** `healthy`: the watcher's own health endpoint answered 200 (Prometheus /-/ready, Grafana /api/health). */
+  watchers: { name: string; unit: string; state: string; url: string; healthy: boolean }[];
 }
 
 export async function status(host: Host, options: StatusOptions): Promise<number> {
@@ -56,8 +57,18 @@ export async function status(host: Host, options: StatusOptions): Promise<number
   const { config } = await loadConfig(host, loc, options.config);
   const engines = resolveEngines(config);
   const watchers = [
-    { name: "harvester", unit: "harvester.service", url: `http://127.0.0.1:${PROMETHEUS_PORT}` },
-    { name: "scribe", unit: "scribe.service", url: `http://127.0.0.1:${GRAFANA_PORT}` },
+    {
+      name: "harvester",
+      unit: "harvester.service",
+      url: `http://127.0.0.1:${PROMETHEUS_PORT}`,
+      health: "/-/ready",
+    },
+    {
+      name: "scribe",
+      unit: "scribe.service",
+      url: `http://127.0.0.1:${GRAFANA_PORT}`,
+      health: "/api/health",
+    },
   ];
   const units = [...engines.map((e) => soulstoneService(e.name)), ...watchers.map((w) => w.unit)];
   const props = await showUnits(host, loc.systemctlScope, units, ["ActiveState", "SubState"]);
@@ -98,7 +109,10 @@ export async function status(host: Host, options: StatusOptions): Promise<number
       };
     })),
     serving: active && p ? { engine: active.name, health: p.detail, models: p.models } : null,
-    watchers: watchers.map((w) => ({ ...w, state: state(w.unit) })),
+    watchers: await Promise.all(watchers.map(async ({ health, ...w }) => {
+      const r = await host.httpGet(`${w.url}${health}`, 2000);
+      return { ...w, state: state(w.unit), healthy: "status" in r && r.status === 200 };
+    })),
   };
   host.out(options.json ? JSON.stringify(report, null, 2) + "\n" : describe(report));
   return !active ? EXIT_NOTHING_ACTIVE : report.healthy ? 0 : EXIT_UNHEALTHY;
@@ -131,6 +145,12 @@ function describe(r: StatusReport): string {
     );
   }
   lines.push("  watchers:");
-  for (const w of r.watchers) lines.push(`    ${w.name.padEnd(10)} ${w.state.padEnd(22)} ${w.url}`);
+  for (const w of r.watchers) {
+    lines.push(
+      `    ${w.name.padEnd(10)} ${w.state.padEnd(22)} ${w.url}${
+        w.healthy ? "" : " (not answering)"
+      }`,
+    );
+  }
   return lines.join("\n") + "\n";
 }

@@ -190,7 +190,14 @@ export class FakeSystemd {
     return props.map((p) => `${p}=${values[p] ?? ""}`).join("\n");
   }
 
+  /** Ports of the watchers that answer their health endpoint (Prometheus 9090, Grafana 3000). */
+  watchersUp = new Set<number>();
+
   http(url: string): HttpResult {
+    const port = Number(new URL(url).port);
+    if (port !== 8081) {
+      return this.watchersUp.has(port) ? { status: 200, body: "ok" } : { error: "refused" };
+    }
     const active = [...this.units.keys()].find((n) =>
       n.startsWith("soulstone-") && this.state(n).state === "active"
     );
