@@ -263,7 +263,7 @@ Deno.test({
           assertEquals(r.code, 143, stderr);
           assertMatch(
             stderr,
-            /lychd swap interrupted \(SIGTERM\) while: loading \(503 Loading model\)/,
+            /lychd swap interrupted \(SIGTERM\) while: (loading \(503 Loading model\)|waiting for the server to open its port)/,
           );
           assertMatch(stderr, /systemd keeps starting soulstone-broken\.service in the background/);
           const back = await lychd("swap", "--system", "llama");
