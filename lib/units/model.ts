@@ -8,7 +8,6 @@ import {
   type Cartridge,
   GRAFANA_IMAGE,
   GRAFANA_PORT,
-  type MetricsDialect,
   PROMETHEUS_IMAGE,
   PROMETHEUS_PORT,
 } from "../engines.ts";
@@ -27,7 +26,6 @@ export interface Engine {
   metricsPath: string;
   /** The model the engine serves (its name in /v1/models), null if the engine is not told one. */
   model: string | null;
-  dialect: MetricsDialect | null;
   gpu: GpuSpec;
   settings: CartridgeSettings;
   cartridge: Cartridge | null;
@@ -106,7 +104,6 @@ export function resolveEngines(config: LychdConfig): Engine[] {
         healthPath: cartridge.healthPath,
         metricsPath: cartridge.metricsPath,
         model: settings.model ?? cartridge.defaultModel,
-        dialect: cartridge.dialect,
         gpu,
         settings,
         cartridge,
@@ -122,7 +119,6 @@ export function resolveEngines(config: LychdConfig): Engine[] {
       healthPath: settings.healthPath ?? "/health",
       metricsPath: settings.metricsPath ?? "/metrics",
       model: settings.model,
-      dialect: null,
       gpu,
       settings,
       cartridge: null,
