@@ -26,6 +26,8 @@ const PORTS: Record<string, number> = {
   broken: 9000,
   late: 7000,
 };
+const TRICKY = `100% of $HOME and \${USER}, %h %n, 'single' "double" back\\slash`;
+
 /** An image that is not built until the test says so: swaps to it must fail fast, then work. */
 const LATE_IMAGE = "localhost/lychd-fake-engine-late:1";
 
@@ -44,7 +46,8 @@ cartridges:
   sglang:
     image: ${image}
     model: org/sglang-model
-    args: [--fake-load-ms, "800"]
+    # Values special to systemd and the shell: they must reach the engine byte for byte.
+    args: [--fake-load-ms, "800", ${JSON.stringify(TRICKY)}]
   vllm:
     image: ${image}
     model: org/vllm-model
@@ -135,7 +138,26 @@ Deno.test({
           );
           console.log(`  ${r.stdout.trim()}`);
           // vllm ignores SIGTERM: leaving it, its stop times out and the swap says it killed it.
-          if (engine === "sglang") assertMatch(r.stdout, /old engine stopped [0-9.]+ s \(killed\)/);
+          if (engine === "sglang") {
+            assertMatch(r.stdout, /old engine stopped [0-9.]+ s \(killed\)/);
+            // Under real systemd and Podman, the escaped values arrive exactly as written.
+            const argv = await guest(["curl", "-fsS", "http://127.0.0.1:8081/argv"]);
+            assertDeep(JSON.parse(argv.stdout), [
+              "python3",
+              "-m",
+              "sglang.launch_server",
+              "--model-path",
+              "org/sglang-model",
+              "--host",
+              "0.0.0.0",
+              "--port",
+              "30000",
+              "--enable-metrics",
+              "--fake-load-ms",
+              "800",
+              TRICKY,
+            ]);
+          }
           await assertServing(engine);
         });
       }

@@ -75,6 +75,9 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
         object: "list",
         data: [{ id: model, object: "model", owned_by: "fake" }],
       });
+    case "/argv":
+      // The exact words the engine was started with, after Quadlet, systemd and Podman.
+      return Response.json(args);
     case "/whoami":
       // ready_at: when /health turned 200, in ms since the epoch (for scripts/bench_swap.ts).
       return new Response(
