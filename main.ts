@@ -5,6 +5,7 @@
 import { parseCommand } from "./lib/cli.ts";
 import { LychdError } from "./lib/errors.ts";
 import { helpText } from "./lib/help.ts";
+import { EXIT } from "./lib/exit.ts";
 import { denoHost } from "./lib/host.ts";
 import { versionLine } from "./lib/version.ts";
 
@@ -13,13 +14,13 @@ async function main(argv: string[]): Promise<number> {
   switch (command.kind) {
     case "help": {
       const text = helpText(command.topic);
-      if (text === null) throw new LychdError(`no help for "${command.topic}"`, 2);
+      if (text === null) throw new LychdError(`no help for "${command.topic}"`, EXIT.USAGE);
       denoHost.out(text);
-      return 0;
+      return EXIT.OK;
     }
     case "version":
       denoHost.out(`${versionLine()}\n`);
-      return 0;
+      return EXIT.OK;
     case "init": {
       const { init } = await import("./lib/commands/init.ts");
       return await init(denoHost, command);
@@ -55,7 +56,7 @@ async function main(argv: string[]): Promise<number> {
     case "completions": {
       const { completionScript } = await import("./lib/commands/completions.ts");
       denoHost.out(completionScript(command.shell));
-      return 0;
+      return EXIT.OK;
     }
     case "doctor": {
       const { doctor } = await import("./lib/commands/doctor.ts");
@@ -76,7 +77,7 @@ if (import.meta.main) {
         `lychd: ${(e as Error).message}\nlychd's permission set does not allow this ` +
           '(see README, "Permissions").\n',
       );
-      Deno.exitCode = 1;
+      Deno.exitCode = EXIT.FAILED;
     } else {
       throw e;
     }

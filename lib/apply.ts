@@ -19,6 +19,16 @@ export interface Manifest {
   version: 1;
   /** Absolute path -> accepted sha256 hashes (one, or two while a run is in progress). */
   files: Record<string, string[]>;
+  /**
+   * The lychd.yaml the units were rendered from (lib/setup.ts), and whether lychd created it
+   * (then `uninstall --purge` may delete it; a file the user wrote is theirs).
+   */
+  config?: ManifestConfig;
+}
+
+export interface ManifestConfig {
+  path: string;
+  writtenByLychd: boolean;
 }
 
 export type Action = "create" | "update" | "unchanged" | "remove" | "conflict" | "keep-edited";
@@ -47,7 +57,12 @@ export async function readManifest(host: Host, path: string): Promise<Manifest> 
   if (bytes === null) return { version: 1, files: {} };
   try {
     const m = JSON.parse(decoder.decode(bytes));
-    if (m?.version === 1 && typeof m.files === "object") return m as Manifest;
+    const config = m?.config;
+    const configOk = config === undefined ||
+      (typeof config?.path === "string" && typeof config?.writtenByLychd === "boolean");
+    if (m?.version === 1 && typeof m.files === "object" && m.files !== null && configOk) {
+      return m as Manifest;
+    }
   } catch { /* reported below */ }
   throw new LychdError(
     `${path} is not a lychd manifest. lychd uses it to know which files it wrote; ` +
@@ -70,7 +85,9 @@ export async function diffPlan(
     const current = await host.readFile(path);
     const newHash = await sha256(file.content);
     const before = current === null ? null : decoder.decode(current);
-    const change = { path, before, file, newHash };
+    // The user's own file (lychd.yaml) keeps the mode they gave it.
+    const mode = !file.guarded && current !== null ? await host.fileMode(path) : null;
+    const change = { path, before, file: mode === null ? file : { ...file, mode }, newHash };
     if (current === null) {
       changes.push({ ...change, action: "create" });
     } else if (before === file.content) {
@@ -126,6 +143,7 @@ export async function applyChanges(
   manifest: Manifest,
   manifestPath: string,
   host: Host,
+  config: ManifestConfig | undefined = manifest.config,
 ): Promise<Manifest> {
   const conflict = conflictError(changes);
   if (conflict) throw conflict;
@@ -133,19 +151,21 @@ export async function applyChanges(
 
   const writes = changes.filter((c) => c.action === "create" || c.action === "update");
   const removals = changes.filter((c) => c.action === "remove");
-  const final: Manifest = { version: 1, files: {} };
+  const final: Manifest = { version: 1, files: {}, ...(config ? { config } : {}) };
   for (const c of changes) {
     if (c.file?.guarded && c.newHash) final.files[c.path] = [c.newHash];
   }
   if (writes.length === 0 && removals.length === 0) {
-    if (JSON.stringify(final) !== JSON.stringify(manifest)) {
+    if (manifestText(final) !== manifestText(manifest)) {
       await writeManifest(host, manifestPath, final);
     }
     return final;
   }
 
   // Intent: old and new versions both count as lychd's until the last write is done.
-  const intent: Manifest = { version: 1, files: { ...manifest.files } };
+  // The config record changes only with the final manifest: a run killed before lychd.yaml was
+  // written must not record it as the file the units came from.
+  const intent: Manifest = { ...manifest, files: { ...manifest.files } };
   for (const c of writes) {
     if (!c.file?.guarded) continue;
     const old = c.before === null ? [] : [await sha256(c.before)];
@@ -195,11 +215,20 @@ async function removeOrphanedTemps(host: Host, paths: string[]): Promise<void> {
   }
 }
 
-async function writeManifest(host: Host, path: string, manifest: Manifest): Promise<void> {
-  await host.mkdirp(path.slice(0, path.lastIndexOf("/")), 0o755);
+function manifestText(manifest: Manifest): string {
   const sorted = Object.fromEntries(
     Object.entries(manifest.files).sort(([a], [b]) => a < b ? -1 : 1),
   );
-  const text = JSON.stringify({ version: 1, files: sorted }, null, 2) + "\n";
-  await host.writeFileAtomic(path, encoder.encode(text), 0o600);
+  const out: Manifest = {
+    version: 1,
+    ...(manifest.config ? { config: manifest.config } : {}),
+    files: sorted,
+  };
+  return JSON.stringify(out, null, 2) + "\n";
+}
+
+/** The one writer of the manifest (init, render, swap, uninstall): sorted, 0600, atomic. */
+export async function writeManifest(host: Host, path: string, manifest: Manifest): Promise<void> {
+  await host.mkdirp(path.slice(0, path.lastIndexOf("/")), 0o755);
+  await host.writeFileAtomic(path, encoder.encode(manifestText(manifest)), 0o600);
 }

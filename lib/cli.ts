@@ -5,17 +5,13 @@
  * The flag parser is our own, not node:util's parseArgs: loading node:util costs ~9 ms of
  * start-up, a third of `lychd --version`.
  */
+import type { ConfigOptions } from "./config/types.ts";
 import type { Override } from "./config/yaml.ts";
 import { suggest } from "./suggest.ts";
 import { parseDuration } from "./duration.ts";
 import { UsageError } from "./errors.ts";
 
-export interface ConfigOptions {
-  system: boolean;
-  /** --config FILE; null = the default location for the mode. */
-  configPath: string | null;
-  overrides: Override[];
-}
+export type { ConfigOptions };
 
 export type Command =
   | { kind: "help"; topic: string | null }

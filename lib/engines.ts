@@ -35,6 +35,11 @@ export interface Cartridge {
   download(model: string): string[] | null;
   /** What keeps the engine from reaching the network (`offline: true` in lychd.yaml). */
   offline: { env: Record<string, string>; args: string[] };
+  /**
+   * How long a stop may take before the engine is killed (stop_timeout's default): what the
+   * engine needs to finish its requests and exit. docs/engines.md says how each one shuts down.
+   */
+  stopTimeoutSec: number;
 }
 
 export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
@@ -59,6 +64,7 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     offline: { env: { HF_HUB_OFFLINE: "1", TRANSFORMERS_OFFLINE: "1" }, args: [] },
     // huggingface_hub's CLI ships in the image (vLLM depends on it).
     download: (model) => model.startsWith("/") ? null : ["hf", "download", model],
+    stopTimeoutSec: 30,
   },
   {
     name: "sglang",
@@ -91,6 +97,7 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     env: {},
     offline: { env: { HF_HUB_OFFLINE: "1", TRANSFORMERS_OFFLINE: "1" }, args: [] },
     download: (model) => model.startsWith("/") ? null : ["hf", "download", model],
+    stopTimeoutSec: 30,
   },
   {
     name: "llama",
@@ -125,6 +132,9 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     // llama-server -hf fetches the GGUF into LLAMA_CACHE on its first start; there is no
     // download-only command in the image.
     download: () => null,
+    // After SIGTERM llama-server stops generating and closes its port at once, then exits or
+    // hangs until killed: waiting longer only keeps port 8081 shut (docs/engines.md).
+    stopTimeoutSec: 5,
   },
 ];
 

@@ -37,6 +37,8 @@ export interface Host {
   /** Run with the terminal attached (e.g. `journalctl -f`); returns the exit code. */
   runAttached(program: string, args: string[]): Promise<number>;
   exists(path: string): Promise<boolean>;
+  /** When the file was last modified (ms since the epoch), or null if it does not exist. */
+  modifiedAt(path: string): Promise<number | null>;
   /** The permission bits of a file or device, or null if it does not exist. */
   fileMode(path: string): Promise<number | null>;
   /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
@@ -56,7 +58,8 @@ export interface Host {
   /** Milliseconds on the wall clock, with sub-millisecond precision. */
   now(): number;
   sleep(ms: number): Promise<void>;
-  isTerminal(): boolean;
+  /** Whether that stream is a terminal (progress drawn in place) rather than a file or pipe. */
+  isTerminal(stream: "stdout" | "stderr"): boolean;
   /**
    * On SIGINT or SIGTERM, call `fn` (to explain the state of things) and exit with the code it
    * returns, instead of dying silently; returns the function that stops listening.
@@ -243,6 +246,15 @@ export const denoHost: Host = {
     }
   },
 
+  async modifiedAt(path) {
+    try {
+      return (await Deno.stat(path)).mtime?.getTime() ?? null;
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return null;
+      throw e;
+    }
+  },
+
   async exists(path) {
     try {
       await Deno.stat(path);
@@ -281,10 +293,15 @@ export const denoHost: Host = {
       const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
       return { status: r.status, body: await r.text() };
     } catch (e) {
-      const text = String((e as Error)?.message ?? e);
       if ((e as Error)?.name === "TimeoutError") return { error: "timeout" };
+      // Deno says only "fetch failed"; what happened is in the cause.
+      const cause = (e as Error)?.cause;
+      const text = `${(e as Error)?.message ?? e} ${cause instanceof Error ? cause.message : ""}`;
       if (/refused|ECONNREFUSED/i.test(text)) return { error: "refused" };
-      return { error: text };
+      if (/connection closed|reset|broken pipe|incomplete/i.test(text)) {
+        return { error: "connection closed without an answer" };
+      }
+      return { error: text.trim() };
     }
   },
 
@@ -314,7 +331,7 @@ export const denoHost: Host = {
 
   now: () => performance.timeOrigin + performance.now(),
   sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
-  isTerminal: () => Deno.stdout.isTerminal(),
+  isTerminal: (stream) => (stream === "stdout" ? Deno.stdout : Deno.stderr).isTerminal(),
   onInterrupt(fn) {
     const int = () => Deno.exit(fn("SIGINT"));
     const term = () => Deno.exit(fn("SIGTERM"));
@@ -326,6 +343,22 @@ export const denoHost: Host = {
     };
   },
   randomBytes: (n) => crypto.getRandomValues(new Uint8Array(n)),
-  out: (text) => void Deno.stdout.writeSync(new TextEncoder().encode(text)),
-  err: (text) => void Deno.stderr.writeSync(new TextEncoder().encode(text)),
+  out: (text) => writeAll(Deno.stdout, text),
+  err: (text) => writeAll(Deno.stderr, text),
 };
+
+/**
+ * Write all of `text`, however many partial writes it takes. A reader that went away
+ * (`lychd init --dry-run | head -3`) ends lychd quietly, as `git log | head` does: exit 0 for
+ * stdout (what was asked for was delivered as far as anyone reads), nothing printed.
+ */
+function writeAll(stream: typeof Deno.stdout | typeof Deno.stderr, text: string): void {
+  const data = new TextEncoder().encode(text);
+  try {
+    let written = 0;
+    while (written < data.length) written += stream.writeSync(data.subarray(written));
+  } catch (e) {
+    if (e instanceof Deno.errors.BrokenPipe) Deno.exit(stream === Deno.stdout ? 0 : 1);
+    throw e;
+  }
+}

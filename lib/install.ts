@@ -2,13 +2,23 @@
  * The machinery `init`, `render` and `swap` share: config -> plan -> what it would change on disk
  * (`prepare`), writing it (`installUnits`), and lychd's lock (`withLock`).
  */
-import { applyChanges, conflictError, diffPlan, readManifest } from "./apply.ts";
-import type { ConfigOptions } from "./cli.ts";
-import { loadConfig } from "./config/load.ts";
+import {
+  applyChanges,
+  type Change,
+  conflictError,
+  diffPlan,
+  type Manifest,
+  type ManifestConfig,
+  readManifest,
+} from "./apply.ts";
+import { type LoadedConfig, resolveConfig } from "./config/load.ts";
+import type { Override } from "./config/yaml.ts";
 import { LychdError } from "./errors.ts";
 import type { Host } from "./host.ts";
 import type { Locations } from "./paths.ts";
-import type { Root } from "./plan.ts";
+import type { Plan, Root } from "./plan.ts";
+import { lychdLine, type Setup } from "./setup.ts";
+import { systemctl } from "./systemctl.ts";
 
 /** How long a command waits for another lychd holding the lock (init, swap). */
 const LOCK_TIMEOUT_MS = 10 * 60 * 1000;
@@ -43,64 +53,92 @@ export async function withLock<T>(host: Host, loc: Locations, fn: () => Promise<
   }
 }
 
+/** What re-rendering would change on disk, and what it was computed from. */
+export interface Prepared {
+  changes: Change[];
+  loaded: LoadedConfig & { plan: Plan };
+  manifestPath: string;
+  manifest: Manifest;
+  /** The manifest's record of lychd.yaml after this run. */
+  configRecord: ManifestConfig;
+}
+
 /**
- * Re-render and write the units with some keys changed (swap: `active`), then daemon-reload if
- * anything changed. Refuses, writing nothing, if a file was edited.
+ * Re-render the units from the setup's lychd.yaml text with some keys changed (swap: `active`),
+ * write them and daemon-reload if anything changed. Refuses, writing nothing, if a file was
+ * edited. Returns the paths that changed.
  */
 export async function installUnits(
   host: Host,
-  loc: Locations,
-  configOptions: ConfigOptions,
-): Promise<{ changed: boolean }> {
-  const { changes, manifest, manifestPath } = await prepare(host, loc, configOptions, {
-    quadlet: loc.quadletDir,
-    data: loc.dataDir,
-    config: null,
-  }, false);
-  const conflict = conflictError(changes);
+  setup: Setup,
+  text: string,
+  overrides: Override[],
+): Promise<{ changed: string[] }> {
+  const loaded = resolveConfig(text, setup.configPath, overrides);
+  const prepared = await prepare(host, setup, loaded, null, false);
+  const conflict = conflictError(prepared.changes);
   if (conflict) {
-    throw new LychdError(`${conflict.message}\nRun \`lychd init\` to see and resolve this first.`);
-  }
-  const changed = changes.some((c) => ["create", "update", "remove"].includes(c.action));
-  if (!changed) return { changed };
-  await applyChanges(changes, manifest, manifestPath, host);
-  const r = await host.run("systemctl", [...loc.systemctlScope, "daemon-reload"]);
-  if (r.code !== 0) {
     throw new LychdError(
-      `\`${systemctlLine(loc, "daemon-reload")}\` failed: ${r.stderr.trim() || `exit ${r.code}`}`,
+      `${conflict.message}\nRun \`${lychdLine(setup, "init")}\` to see and resolve this first.`,
     );
   }
+  const changed = prepared.changes.filter((c) => ["create", "update", "remove"].includes(c.action))
+    .map((c) => c.path);
+  if (changed.length === 0) return { changed };
+  await applyChanges(
+    prepared.changes,
+    prepared.manifest,
+    prepared.manifestPath,
+    host,
+    prepared.configRecord,
+  );
+  await daemonReload(host, setup.loc);
   return { changed };
 }
 
+/**
+ * `systemctl daemon-reload`, the one way lychd reloads: a failure is a SystemctlError (with
+ * systemd's own words), which each caller turns into its outcome.
+ */
+export async function daemonReload(host: Host, loc: Locations): Promise<void> {
+  await systemctl(host, loc.systemctlScope, "daemon-reload");
+}
+
+/**
+ * The plan for `loaded` compared with the disk. `outDir` (render) puts the whole set into one
+ * folder instead of the real locations.
+ */
 export async function prepare(
   host: Host,
-  loc: Locations,
-  configOptions: ConfigOptions,
-  roots: { quadlet: string; data: string; config: string | null },
+  setup: Setup,
+  loaded: LoadedConfig,
+  outDir: string | null,
   force: boolean,
-  manifestPath = `${loc.dataDir}/manifest.json`,
-) {
-  const loaded = await loadConfig(host, loc, configOptions);
+): Promise<Prepared> {
+  const loc = setup.loc;
   // Loaded lazily: Nunjucks costs ~130 ms of start-up that --help and --version should not pay.
   const { buildPlan } = await import("./plan.ts");
   const plan = buildPlan(loaded.config, loc, loaded.configText);
   const configDir = loaded.configPath.slice(0, loaded.configPath.lastIndexOf("/"));
-  const rootDirs: Record<Root, string> = {
-    quadlet: roots.quadlet,
-    data: roots.data,
-    config: roots.config ?? configDir,
-  };
-  if (roots.config !== null) {
-    // render: the config file goes into the output folder under its usual name.
-    plan.files = plan.files.map((f) => f.root === "config" ? { ...f, path: "lychd.yaml" } : f);
-  } else {
-    const name = loaded.configPath.slice(loaded.configPath.lastIndexOf("/") + 1);
-    plan.files = plan.files.map((f) => f.root === "config" ? { ...f, path: name } : f);
-  }
+  const rootDirs: Record<Root, string> = outDir === null
+    ? { quadlet: loc.quadletDir, data: loc.dataDir, config: configDir }
+    : { quadlet: `${outDir}/quadlet`, data: `${outDir}/data`, config: outDir };
+  // The config file keeps its own name (render: lychd.yaml in the output folder).
+  const name = outDir === null
+    ? loaded.configPath.slice(loaded.configPath.lastIndexOf("/") + 1)
+    : "lychd.yaml";
+  plan.files = plan.files.map((f) => f.root === "config" ? { ...f, path: name } : f);
+  const manifestPath = outDir === null ? setup.manifestPath : `${outDir}/.lychd-manifest.json`;
+  // Read again, not taken from `setup`: under the lock it is what the last writer left.
   const manifest = await readManifest(host, manifestPath);
   const changes = await diffPlan(plan, rootDirs, manifest, host, force);
-  return { changes, loaded: { ...loaded, plan }, manifestPath, manifest };
+  const configPath = `${rootDirs.config}/${name}`;
+  const previous = manifest.config?.path === configPath ? manifest.config : null;
+  const configRecord = {
+    path: configPath,
+    writtenByLychd: previous?.writtenByLychd ?? loaded.originalText === null,
+  };
+  return { changes, loaded: { ...loaded, plan }, manifestPath, manifest, configRecord };
 }
 
 export function systemctlLine(loc: Locations, args: string): string {

@@ -1,5 +1,6 @@
 /** Where lychd reads and writes, for a user (rootless) or a system (root) setup. Pure. */
-import { LychdError } from "./errors.ts";
+import { UsageError } from "./errors.ts";
+import { hostPathProblem } from "./units/systemd.ts";
 
 export type Mode = "user" | "system";
 
@@ -32,19 +33,33 @@ export function locations(mode: Mode, env: (name: string) => string | undefined)
   }
   const home = env("HOME");
   if (!home || !home.startsWith("/")) {
-    throw new LychdError("HOME is not set to an absolute path; lychd needs it in user mode.");
+    throw new UsageError("HOME is not set to an absolute path; lychd needs it in user mode.");
   }
+  // Every folder below ends up in a unit (Volume=): one with `%h` or a blank in it would be
+  // expanded or split by systemd and Podman, so it is refused here, wherever it came from.
+  const checked = (name: string, value: string) => {
+    const problem = hostPathProblem(value.replace(/\/+$/, "") || "/");
+    if (problem) {
+      throw new UsageError(
+        `${name}=${JSON.stringify(value)} ${problem}: lychd puts folders under it into unit ` +
+          "files. Run lychd with a plain path in it (or use --system).",
+      );
+    }
+    return value.replace(/\/+$/, "");
+  };
   const xdg = (name: string, fallback: string) => {
     const v = env(name);
-    return v && v.startsWith("/") ? v : fallback;
+    // The XDG spec: a relative value is invalid and is ignored.
+    return v && v.startsWith("/") ? checked(name, v) : fallback;
   };
-  const configHome = xdg("XDG_CONFIG_HOME", `${home}/.config`);
+  const homeDir = checked("HOME", home);
+  const configHome = xdg("XDG_CONFIG_HOME", `${homeDir}/.config`);
   return {
     mode,
     quadletDir: `${configHome}/containers/systemd`,
-    dataDir: `${xdg("XDG_DATA_HOME", `${home}/.local/share`)}/lychd`,
+    dataDir: `${xdg("XDG_DATA_HOME", `${homeDir}/.local/share`)}/lychd`,
     configFile: `${configHome}/lychd/lychd.yaml`,
-    modelCache: `${home}/.cache/huggingface`,
+    modelCache: `${homeDir}/.cache/huggingface`,
     bootTarget: "default.target",
     systemctlScope: ["--user"],
   };

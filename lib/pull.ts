@@ -123,7 +123,7 @@ async function runShowingProgress(
   host: Host,
   args: string[],
 ): Promise<{ code: number; output: string }> {
-  if (host.isTerminal()) {
+  if (host.isTerminal("stderr")) {
     // On a terminal Podman draws its progress bars; errors go to the terminal as well, so the
     // explanation falls back to a generic message.
     const code = await host.runAttached("podman", args);

@@ -3,6 +3,8 @@
  * `scope` is [] for system units or ["--user"].
  */
 import { LychdError } from "./errors.ts";
+import { EXIT } from "./exit.ts";
+import { printable, printableLines } from "./text.ts";
 import type { Host } from "./host.ts";
 
 export type UnitProps = Record<string, string>;
@@ -22,7 +24,7 @@ export async function showUnits(
     ["Id", ...props].join(","),
     ...units,
   ]);
-  if (r.code !== 0) throw systemctlError(r.code, r.stderr, `show ${units.join(" ")}`);
+  if (r.code !== 0) throw systemctlError(r.code, r.stderr, `show ${units.join(" ")}`, scope);
   const out: Record<string, UnitProps> = {};
   let i = 0;
   for (const block of r.stdout.split(/\n\n+/)) {
@@ -40,7 +42,7 @@ export async function showUnits(
 
 export async function systemctl(host: Host, scope: string[], ...args: string[]): Promise<void> {
   const r = await host.run("systemctl", [...scope, ...args]);
-  if (r.code !== 0) throw systemctlError(r.code, r.stderr, args.join(" "));
+  if (r.code !== 0) throw systemctlError(r.code, r.stderr, args.join(" "), scope);
 }
 
 /** The last `lines` lines of a unit's journal, for failure reports. */
@@ -60,7 +62,10 @@ export async function journalTail(
     "-o",
     "cat",
   ]);
-  return r.code === 0 ? r.stdout : `(journalctl failed: ${r.stderr.trim() || `exit ${r.code}`})`;
+  if (r.code !== 0) return `(journalctl failed: ${printable(r.stderr.trim()) || `exit ${r.code}`})`;
+  // llama.cpp ends its messages with a newline of its own: no blank line after each one.
+  const shown = printableLines(r.stdout);
+  return shown.length ? shown.join("\n") + "\n" : "";
 }
 
 /** systemd's `--timestamp=us+utc` form ("Thu 2026-11-26 08:43:21.123456 UTC") -> ms, or null. */
@@ -70,15 +75,35 @@ export function parseTimestamp(value: string | undefined): number | null {
   return Date.parse(`${m[1]}T${m[2]}Z`) + Number(m[3] ?? 0) * 1000;
 }
 
-/** systemctl failed: a message for the user (exit 1), with systemctl's own words. */
+/**
+ * systemctl failed: a message for the user, with systemctl's own words. `unreachable`: there is
+ * no systemd to talk to (exit NO_SYSTEMD), as opposed to systemd refusing one request (FAILED).
+ */
 export class SystemctlError extends LychdError {
-  constructor(message: string, readonly code: number) {
-    super(message, 1);
+  constructor(message: string, readonly code: number, readonly unreachable: boolean) {
+    super(message, unreachable ? EXIT.NO_SYSTEMD : EXIT.FAILED);
     this.name = "SystemctlError";
   }
 }
 
-function systemctlError(code: number, stderr: string, what: string): SystemctlError {
-  const why = code === 127 ? "systemctl not found" : stderr.trim() || `exit ${code}`;
-  return new SystemctlError(`systemctl ${what} failed: ${why}`, code);
+/** What systemctl says when there is no manager to reach (rather than a refused request). */
+const UNREACHABLE =
+  /Failed to connect to bus|Failed to get D-Bus connection|System has not been booted with systemd|No medium found|\$DBUS_SESSION_BUS_ADDRESS|XDG_RUNTIME_DIR/i;
+
+function systemctlError(code: number, stderr: string, what: string, scope: string[]) {
+  const said = printable(stderr.trim());
+  if (code === 127 || code === 126 || UNREACHABLE.test(said)) {
+    const user = scope.includes("--user");
+    const why = code === 127 ? "systemctl is not installed" : said || `exit ${code}`;
+    return new SystemctlError(
+      `cannot reach ${user ? "your user's systemd (systemctl --user)" : "systemd"}: ${why}.` +
+        (user
+          ? " As root, use --system for system units; as a user, log in through a session " +
+            "(which sets XDG_RUNTIME_DIR) or enable linger: loginctl enable-linger $USER."
+          : ""),
+      code,
+      true,
+    );
+  }
+  return new SystemctlError(`systemctl ${what} failed: ${said || `exit ${code}`}`, code, false);
 }

@@ -179,7 +179,7 @@ const BAD: [string, string | null, Override[], RegExp][] = [
     "a model cache with a space or traversal",
     null,
     [flag(["model_cache"], "/srv/../etc", "--model-cache")],
-    /--model-cache: model_cache: "\/srv\/\.\.\/etc" must be an absolute path/,
+    /--model-cache: model_cache: "\/srv\/\.\.\/etc" must not contain "\." or "\.\." parts/,
   ],
   [
     "a relative model cache",

@@ -5,6 +5,7 @@
  * right engine, the old container is gone and only the active engine is wanted at boot. A swap
  * to an engine that never becomes ready rolls back. Needs root; see tests/support/sandbox.ts.
  */
+import { EXIT } from "../lib/exit.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import {
   buildFakeEngineImage,
@@ -224,7 +225,7 @@ Deno.test({
 
       await t.step("a swap to an engine that never becomes ready rolls back", async () => {
         const r = await lychd("swap", "--system", "broken", "--timeout", "4s");
-        assertEquals(r.code, 1, r.stdout + r.stderr);
+        assertEquals(r.code, EXIT.ROLLED_BACK, r.stdout + r.stderr);
         assertMatch(
           r.stderr,
           /broken failed: not ready after 4\.0 s \(last answer on .*503 Loading model\)/,
@@ -301,10 +302,10 @@ Deno.test({
           await guest(["podman", "rmi", "-f", LATE_IMAGE]);
           const t0 = performance.now();
           const r = await lychd("swap", "--system", "late");
-          assertEquals(r.code, 1, r.stdout + r.stderr);
+          assertEquals(r.code, EXIT.FAILED, r.stdout + r.stderr);
           assertMatch(
             r.stderr,
-            /the image of late, localhost\/lychd-fake-engine-late:1, is not on this host.*lychd pull late/,
+            /the image of late, localhost\/lychd-fake-engine-late:1, is not on this host.*lychd pull --system late/,
           );
           assert(performance.now() - t0 < 5000, "it waited instead of failing fast");
           await assertServing("llama");
@@ -323,7 +324,7 @@ Deno.test({
         const s = await lychd("stop", "--system");
         assertEquals(s.code, 0, s.stderr);
         const st = await lychd("status", "--system");
-        assertEquals(st.code, 3, st.stdout + st.stderr);
+        assertEquals(st.code, EXIT.NOTHING_ACTIVE, st.stdout + st.stderr);
         assertMatch(st.stdout, /serving: nothing/);
         const ps = await guest(["podman", "ps", "--format", "{{.Names}}"]);
         assert(!ps.stdout.includes("soulstone-"), ps.stdout);

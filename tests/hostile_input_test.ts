@@ -167,7 +167,7 @@ const REJECTED: Rejected[] = [
   {
     name: "model cache with ..",
     input: f("--model-cache", "/srv/../etc"),
-    error: /must be an absolute path of letters, digits and \._-\/@\+~ without "\.\."/,
+    error: /"\/srv\/\.\.\/etc" must not contain "\." or "\.\." parts/,
   },
   {
     name: "model cache with a space",

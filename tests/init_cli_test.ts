@@ -40,7 +40,15 @@ Deno.test("init writes every file, reloads systemd once, and a re-run changes no
       "podman secret inspect lychd-grafana-admin",
       `podman secret create lychd-grafana-admin ${sb.home}/${DATA}/grafana-admin-password`,
       "systemctl --user daemon-reload",
+      // The watchers run whichever engine serves: init starts them (their images are here).
+      "systemctl --user show --timestamp=us+utc -p Id,ActiveState soulstone-vllm.service soulstone-sglang.service soulstone-llama.service",
+      "systemctl --user show --timestamp=us+utc -p Id,ActiveState harvester.service scribe.service",
+      "podman image exists docker.io/prom/prometheus:v3.5.0",
+      "systemctl --user start harvester.service",
+      "podman image exists docker.io/grafana/grafana:12.2.0",
+      "systemctl --user start scribe.service",
     ]);
+    assertMatch(first.stdout, /Next: lychd pull, then lychd swap vllm/);
 
     const second = await sb.run(["init"]);
     assertEquals(second.code, 0, second.stderr);
@@ -214,7 +222,7 @@ Deno.test("init: systemctl missing or failing leaves the files written and says 
     assertEquals(r.code, 3);
     assertMatch(
       r.stderr,
-      /files are written, but `systemctl --user daemon-reload` failed \(exit 1/,
+      /files are written, but `systemctl --user daemon-reload` failed \(systemctl daemon-reload failed: exit 1/,
     );
     assertMatch(r.stderr, /Run it by hand/);
     assert(`${UNITS}/scribe.container` in await sb.tree());

@@ -92,6 +92,7 @@ Deno.test("pull: named engines only; a login and a full disk are explained", asy
         .code,
       0,
     );
+    await Deno.writeTextFile(`${sb.bin}/calls.log`, "");
     const r = await sb.run(["pull", "vllm", "sglang"]);
     assertEquals(r.code, 1);
     assertMatch(

@@ -164,7 +164,12 @@ cartridges:
     const envs = argv.flatMap((w, i) => (argv[i - 1] === "--env" ? [w] : []));
     assertDeep(envs.sort(), ["PLAIN=ok", 'PROMPT_PREFIX=say "hi" 100% of $TIME']);
     const llama = podmanArgv(s["soulstone-llama.service"]);
-    assert(llama.includes("/models:/models:ro,z"), "the local model's folder is mounted read-only");
+    // The model file itself, read-only; never its folder (which :z would relabel as a whole).
+    assert(
+      llama.includes("/models/tiny-llama.gguf:/models/tiny-llama.gguf:ro,z"),
+      "the model file is mounted read-only",
+    );
+    assert(!llama.includes("/models:/models"), "the model's folder is mounted");
     assertDeep(
       engineArgv(s["soulstone-llama.service"], "ghcr.io/ggml-org/llama.cpp:server-cuda-b10587")
         .slice(0, 4),

@@ -10,6 +10,7 @@ import { logs } from "../lib/commands/logs.ts";
 import { swap, type SwapOptions } from "../lib/commands/swap.ts";
 import type { Override } from "../lib/config/yaml.ts";
 import { LychdError } from "../lib/errors.ts";
+import { EXIT } from "../lib/exit.ts";
 import { assert, assertDeep, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
 import { type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
 
@@ -88,7 +89,7 @@ Deno.test("swap: waits for /v1/models to list the configured model, not just /he
     url.endsWith("/v1/models") && fs.state("soulstone-sglang.service").state === "active"
       ? { status: 200, body: '{"data":[{"id":"/models/other.gguf"}]}' }
       : http(url);
-  assertEquals(await swap(fs.host, opts("sglang", { timeoutSec: 5 })), 1);
+  assertEquals(await swap(fs.host, opts("sglang", { timeoutSec: 5 })), EXIT.ROLLED_BACK);
   assertMatch(fs.host.stderr, /sglang: up, but serves \/models\/other\.gguf, not org\/sglang/);
   assertMatch(fs.host.stderr, /Rolling back to llama/);
 });
@@ -108,7 +109,7 @@ Deno.test("swap: a readiness timeout prints the journal and rolls back to the pr
   const engines = ENGINES();
   engines.vllm.readyMs = null;
   const fs = await installed(engines, "llama");
-  assertEquals(await swap(fs.host, opts("vllm", { timeoutSec: 60 })), 1);
+  assertEquals(await swap(fs.host, opts("vllm", { timeoutSec: 60 })), EXIT.ROLLED_BACK);
   assertMatch(
     fs.host.stderr,
     /vllm failed: not ready after 60\.0 s \(last answer on http:\/\/127\.0\.0\.1:8081\/health: 503 Loading model\)/,
@@ -133,7 +134,7 @@ Deno.test("swap: a unit that fails to start, or dies while loading, is rolled ba
     Object.assign(engines.sglang, script, { readyMs: 10_000 });
     const fs = await installed(engines, "llama");
     const t0 = fs.host.clock;
-    assertEquals(await swap(fs.host, opts("sglang")), 1, JSON.stringify(script));
+    assertEquals(await swap(fs.host, opts("sglang")), EXIT.ROLLED_BACK, JSON.stringify(script));
     assertMatch(
       fs.host.stderr,
       script.failStart
@@ -149,15 +150,18 @@ Deno.test("swap --no-rollback leaves things as they are; with nothing before, th
   const engines = ENGINES();
   engines.vllm.readyMs = null;
   const fs = await installed(engines, "llama");
-  assertEquals(await swap(fs.host, opts("vllm", { timeoutSec: 5, rollback: false })), 4);
+  assertEquals(
+    await swap(fs.host, opts("vllm", { timeoutSec: 5, rollback: false })),
+    EXIT.NOT_SERVING,
+  );
   assertMatch(fs.host.stderr, /Not rolling back \(--no-rollback\)/);
   assertEquals(fs.state("soulstone-vllm.service").state, "active");
 
   const fresh = await installed(engines, null);
-  assertEquals(await swap(fresh.host, opts("vllm", { timeoutSec: 5 })), 4);
+  assertEquals(await swap(fresh.host, opts("vllm", { timeoutSec: 5 })), EXIT.NOT_SERVING);
   assertMatch(
     fresh.host.stderr,
-    /No engine served before the swap; vllm is stopped again and llama is the boot engine again/,
+    /No engine served before the swap; vllm is stopped now and llama is the boot engine\. Nothing serves/,
   );
   assertEquals(fresh.state("soulstone-vllm.service").state, "inactive");
   assertMatch(fresh.host.text(CONFIG)!, /^active: llama$/m);
@@ -205,7 +209,11 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
     mode: 0o644,
   });
   fs.host.clock += 200;
-  assertEquals(await status(fs.host, { config: setup, json: false }), 1, "llama still loading");
+  assertEquals(
+    await status(fs.host, { config: setup, json: false }),
+    EXIT.UNHEALTHY,
+    "llama still loading",
+  );
   assertMatch(fs.host.stdout, /serving: llama, NOT healthy: 503 Loading model/);
   fs.host.clock += 2000;
   fs.host.stdout = "";
@@ -277,7 +285,7 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
   ]);
   assertEquals(await stop(fs.host, { config: setup, all: false }), 0);
   fs.host.stdout = "";
-  assertEquals(await status(fs.host, { config: setup, json: false }), 3);
+  assertEquals(await status(fs.host, { config: setup, json: false }), EXIT.NOTHING_ACTIVE);
   assertMatch(fs.host.stdout, /serving: nothing/);
 });
 
@@ -302,7 +310,7 @@ Deno.test("status: a failed engine is shown as failed, and nothing is active", a
   engines.vllm.dieMs = 500;
   const fs = await installed(engines, "vllm");
   fs.host.clock += 1000;
-  assertEquals(await status(fs.host, { config: setup, json: true }), 3);
+  assertEquals(await status(fs.host, { config: setup, json: true }), EXIT.NOTHING_ACTIVE);
   const r = JSON.parse(fs.host.stdout);
   assertEquals(r.active, null);
   assertEquals(r.serving, null);

@@ -3,11 +3,12 @@
  * fails, and says how to fix it. Exit 1 if any check fails.
  */
 import { readManifest, sha256 } from "../apply.ts";
-import type { ConfigOptions } from "../cli.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { GRAFANA_PORT, PROMETHEUS_PORT, STANDARD_PORT } from "../engines.ts";
 import type { Host } from "../host.ts";
-import { type Locations, locations } from "../paths.ts";
+import type { Locations } from "../paths.ts";
+import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";
 import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 
@@ -29,8 +30,9 @@ export const CDI_SPECS = [
 ];
 
 export async function doctor(host: Host, options: { config: ConfigOptions }): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { config } = await loadConfig(host, loc, options.config);
+  const setup = await openSetup(host, options.config, { kind: "inspect" });
+  const loc = setup.loc;
+  const { config } = await loadConfig(host, setup, [], !setup.installed);
   const engines = resolveEngines(config);
   const checks = [
     await checkPodman(host),

@@ -3,12 +3,17 @@
  * `init --dry-run` stops after the diff; `render --out DIR` writes the same plan into DIR.
  */
 import { applyChanges, type Change, conflictError } from "../apply.ts";
-import { prepare, systemctlLine, withLock } from "../install.ts";
-import type { ConfigOptions } from "../cli.ts";
+import { loadConfig } from "../config/load.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { unifiedDiff } from "../diff.ts";
+import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
-import { type Locations, locations } from "../paths.ts";
-import { GRAFANA_ADMIN_SECRET, soulstoneService } from "../units/model.ts";
+import { imageExists } from "../images.ts";
+import { daemonReload, prepare, type Prepared, systemctlLine, withLock } from "../install.ts";
+import { lychdLine, openSetup, type Setup } from "../setup.ts";
+import { showUnits, systemctl, SystemctlError } from "../systemctl.ts";
+import { GRAFANA_ADMIN_SECRET, resolveEngines, soulstoneService } from "../units/model.ts";
+import type { LychdConfig } from "../config/types.ts";
 
 export interface InitOptions {
   config: ConfigOptions;
@@ -19,92 +24,190 @@ export interface InitOptions {
   pull?: boolean;
 }
 
-/** Exit code when the files were written but systemd could not be reloaded. */
-export const EXIT_NOT_RELOADED = 3;
-
 export async function init(host: Host, options: InitOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  if (options.dryRun) return await dryRun(host, loc, options);
+  const setup = await openSetup(host, options.config, { kind: "init", force: options.force });
+  const prepareHere = async () => {
+    const loaded = await loadConfig(
+      host,
+      setup,
+      options.config.overrides,
+      // Only a completed init records lychd.yaml; before that, the defaults are the start.
+      setup.manifest.config === undefined || options.force,
+    );
+    return await prepare(host, setup, loaded, null, options.force);
+  };
+  if (options.dryRun) return dryRun(host, setup, await prepareHere());
   // The whole read-compare-write under the lock: a concurrent init or swap never interleaves.
-  const outcome = await withLock(host, loc, async () => {
-    const { changes, loaded, manifestPath, manifest } = await prepare(host, loc, options.config, {
-      quadlet: loc.quadletDir,
-      data: loc.dataDir,
-      config: null,
-    }, options.force);
-    const conflict = conflictError(changes);
+  const prepared = await withLock(host, setup.loc, async () => {
+    const p = await prepareHere();
+    const conflict = conflictError(p.changes);
     if (conflict) throw conflict;
-    await applyChanges(changes, manifest, manifestPath, host);
-    return { changes, loaded };
+    await applyChanges(p.changes, p.manifest, p.manifestPath, host, p.configRecord);
+    return p;
   });
-  const { changes, loaded } = outcome;
+  const { changes, loaded } = prepared;
+  const loc = setup.loc;
   const changed = changes.some((c) => ["create", "update", "remove"].includes(c.action));
   await ensureDirectories(host, loaded.plan.directories);
   host.out(`lychd init (${loc.mode} mode), config ${loaded.configPath}\n`);
   host.out(describeChanges(changes, false));
   host.out(`${summary(changes, false)}\n`);
 
-  await ensureGrafanaSecret(host, loc);
-  const reloaded = await reload(host, loc, changed, options.reload, loaded.config.active);
-  if (!options.pull) return reloaded;
-  host.out("\nPulling the images (init --pull):\n");
-  const { pullFor } = await import("../pull.ts");
-  const pulled = await pullFor(host, loc, loaded.config, [], false);
-  return reloaded || pulled;
-}
-
-async function reload(
-  host: Host,
-  loc: Locations,
-  changed: boolean,
-  wanted: boolean,
-  active: string,
-): Promise<number> {
-  if (!changed) {
-    host.out("Nothing changed, so systemd was not reloaded.\n");
-    return 0;
+  await ensureGrafanaSecret(host, setup);
+  if (!options.reload) {
+    if (changed) {
+      host.out(
+        `Skipped the reload (--no-reload). To apply: ${systemctlLine(loc, "daemon-reload")}\n`,
+      );
+    }
+    return EXIT.OK;
   }
-  if (!wanted) {
+  if (!changed) host.out("Nothing changed, so systemd was not reloaded.\n");
+  else {
+    try {
+      await daemonReload(host, loc);
+    } catch (e) {
+      if (!(e instanceof SystemctlError)) throw e;
+      host.err(
+        `The files are written, but \`${systemctlLine(loc, "daemon-reload")}\` failed ` +
+          `(${e.code === 127 ? "systemctl not found" : e.message}).\n` +
+          "Run it by hand once systemd is available.\n",
+      );
+      return EXIT.NOT_RELOADED;
+    }
+    host.out(`Reloaded systemd: ${systemctlLine(loc, "daemon-reload")}\n`);
+  }
+  let code: number = EXIT.OK;
+  if (options.pull) {
+    host.out("\nPulling the images (init --pull):\n");
+    const { pullFor } = await import("../pull.ts");
+    code = await pullFor(host, loc, loaded.config, [], false);
+  }
+  const running = await runningEngine(host, setup, loaded.config);
+  await startWatchers(host, setup, loaded.config, prepared);
+  const active = loaded.config.active;
+  if (running && changedUnit(prepared, running)) {
     host.out(
-      `Skipped the reload (--no-reload). To apply: ${systemctlLine(loc, "daemon-reload")}\n`,
+      `${soulstoneService(running)} still runs with its old unit: \`${
+        lychdLine(setup, `swap ${running}`)
+      }\` restarts it with the change.\n`,
     );
-    return 0;
-  }
-  const r = await host.run("systemctl", [...loc.systemctlScope, "daemon-reload"]);
-  if (r.code !== 0) {
-    host.err(
-      `The files are written, but \`${systemctlLine(loc, "daemon-reload")}\` failed ` +
-        `(${r.code === 127 ? "systemctl not found" : `exit ${r.code}: ${r.stderr.trim()}`}).\n` +
-        `Run it by hand once systemd is available.\n`,
+  } else if (!running) {
+    host.out(
+      `Next: ${options.pull ? "" : `${lychdLine(setup, "pull")}, then `}${
+        lychdLine(setup, `swap ${active}`)
+      }  (or ${systemctlLine(loc, `start ${soulstoneService(active)}`)})\n`,
     );
-    return EXIT_NOT_RELOADED;
   }
-  host.out(`Reloaded systemd: ${systemctlLine(loc, "daemon-reload")}\n`);
-  host.out(
-    `Next: lychd pull, then lychd swap ${active}  (or ${
-      systemctlLine(loc, `start ${soulstoneService(active)}`)
-    })\n`,
-  );
-  return 0;
+  return code;
 }
 
-async function dryRun(host: Host, loc: Locations, options: InitOptions): Promise<number> {
-  const { changes } = await prepare(host, loc, options.config, {
-    quadlet: loc.quadletDir,
-    data: loc.dataDir,
-    config: null,
-  }, options.force);
+/** The soulstone that runs now, if any (null also when systemd cannot tell). */
+async function runningEngine(
+  host: Host,
+  setup: Setup,
+  config: LychdConfig,
+): Promise<string | null> {
+  const names = resolveEngines(config).map((e) => e.name);
+  try {
+    const states = await showUnits(
+      host,
+      setup.loc.systemctlScope,
+      names.map(soulstoneService),
+      ["ActiveState"],
+    );
+    return names.find((n) =>
+      ["active", "activating", "reloading"].includes(states[soulstoneService(n)]?.ActiveState)
+    ) ?? null;
+  } catch (e) {
+    if (e instanceof SystemctlError) return null;
+    throw e;
+  }
+}
+
+function changedUnit(prepared: Prepared, engine: string): boolean {
+  return prepared.changes.some((c) =>
+    c.path.endsWith(`/soulstone-${engine}.container`) && ["create", "update"].includes(c.action)
+  );
+}
+
+/**
+ * The harvester and scribe run whichever engine serves: init starts them (they would otherwise
+ * wait for the next boot) and restarts one whose files changed. One that cannot start yet (its
+ * image is not here) is reported with the fix; it does not fail init.
+ */
+async function startWatchers(
+  host: Host,
+  setup: Setup,
+  config: LychdConfig,
+  prepared: Prepared,
+): Promise<void> {
+  const loc = setup.loc;
+  const units = prepared.loaded.plan.files.filter((f) => f.root === "quadlet");
+  const watchers = [
+    { unit: "harvester.service", file: "harvester.container", data: "/prometheus/" },
+    { unit: "scribe.service", file: "scribe.container", data: "/grafana/" },
+  ];
+  let states: Record<string, Record<string, string>>;
+  try {
+    states = await showUnits(host, loc.systemctlScope, watchers.map((w) => w.unit), [
+      "ActiveState",
+    ]);
+  } catch (e) {
+    if (!(e instanceof SystemctlError)) throw e;
+    host.err(`Could not ask systemd about the harvester and scribe: ${e.message}\n`);
+    return;
+  }
+  for (const w of watchers) {
+    const text = units.find((f) => f.path === w.file)?.content ?? "";
+    const image = text.match(/^Image=(.+)$/m)?.[1] ?? "";
+    const changed = prepared.changes.some((c) =>
+      ["create", "update"].includes(c.action) &&
+      (c.path === `${loc.quadletDir}/${w.file}` || c.path.startsWith(`${loc.dataDir}${w.data}`))
+    );
+    const state = states[w.unit]?.ActiveState ?? "unknown";
+    const running = ["active", "activating", "reloading"].includes(state);
+    if (running && !changed) continue;
+    if (!running && (await imageExists(host, image)) === false) {
+      host.out(
+        `${w.unit} is not started: its image ${image} is not on this host yet. ` +
+          `Fetch it with \`${lychdLine(setup, "pull")}\`, then \`${
+            systemctlLine(loc, `start ${w.unit}`)
+          }\`.\n`,
+      );
+      continue;
+    }
+    try {
+      await systemctl(host, loc.systemctlScope, running ? "restart" : "start", w.unit);
+      host.out(
+        `${running ? "Restarted" : "Started"} ${w.unit} (${
+          running ? "its files changed" : "was not running"
+        }).\n`,
+      );
+    } catch (e) {
+      if (!(e instanceof SystemctlError)) throw e;
+      host.err(
+        `Could not ${running ? "restart" : "start"} ${w.unit}: ${e.message}. ` +
+          `See \`${lychdLine(setup, `logs ${w.unit.replace(".service", "")}`)}\`.\n`,
+      );
+    }
+  }
+  void config;
+}
+
+function dryRun(host: Host, setup: Setup, prepared: Prepared): number {
+  const loc = setup.loc;
   host.out(
     `lychd init --dry-run (${loc.mode} mode): showing what would change; nothing is written.\n\n`,
   );
-  host.out(describeChanges(changes, true));
-  host.out(`\n${summary(changes, true)}\n`);
+  host.out(describeChanges(prepared.changes, true));
+  host.out(`\n${summary(prepared.changes, true)}\n`);
   host.out(
     `init would then create the Podman secret ${GRAFANA_ADMIN_SECRET} (Grafana's admin ` +
-      `password) if it is missing, and run \`${systemctlLine(loc, "daemon-reload")}\` ` +
-      "if any file changed.\n",
+      `password) if it is missing, run \`${systemctlLine(loc, "daemon-reload")}\` ` +
+      "if any file changed, and start the harvester and scribe.\n",
   );
-  return conflictError(changes) ? 1 : 0;
+  return conflictError(prepared.changes) ? EXIT.FAILED : EXIT.OK;
 }
 
 export interface RenderOptions {
@@ -115,29 +218,20 @@ export interface RenderOptions {
 
 /** Write the complete set into one folder: quadlet/, data/, lychd.yaml. No systemd, no secrets. */
 export async function render(host: Host, options: RenderOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
+  const setup = await openSetup(host, options.config, { kind: "render" });
+  const loc = setup.loc;
   const out = host.absolute(options.out).replace(/\/+$/, "") || "/";
-  const { changes, manifestPath, manifest } = await prepare(
-    host,
-    loc,
-    options.config,
-    {
-      quadlet: `${out}/quadlet`,
-      data: `${out}/data`,
-      config: out,
-    },
-    options.force,
-    `${out}/.lychd-manifest.json`,
-  );
-  await applyChanges(changes, manifest, manifestPath, host);
+  const loaded = await loadConfig(host, setup, options.config.overrides, true);
+  const p = await prepare(host, setup, loaded, out, options.force);
+  await applyChanges(p.changes, p.manifest, p.manifestPath, host);
   host.out(`lychd render (${loc.mode} mode) into ${out}\n`);
-  host.out(describeChanges(changes, false));
-  host.out(`${summary(changes, false)}\n`);
+  host.out(describeChanges(p.changes, false));
+  host.out(`${summary(p.changes, false)}\n`);
   host.out(
     `The units refer to the real locations (${loc.dataDir}, ${loc.quadletDir}); ` +
       "`lychd init` installs them there.\n",
   );
-  return 0;
+  return EXIT.OK;
 }
 
 async function ensureDirectories(host: Host, dirs: string[]): Promise<void> {
@@ -157,7 +251,8 @@ async function ensureDirectories(host: Host, dirs: string[]): Promise<void> {
  * Grafana's admin password: generated once, kept in a 0600 file for the user, handed to the
  * container only as a Podman secret. Never printed, never in a unit.
  */
-async function ensureGrafanaSecret(host: Host, loc: Locations): Promise<void> {
+async function ensureGrafanaSecret(host: Host, setup: Setup): Promise<void> {
+  const loc = setup.loc;
   const file = `${loc.dataDir}/grafana-admin-password`;
   if (await host.readFile(file) === null) {
     const password = btoa(String.fromCharCode(...host.randomBytes(18)))

@@ -1,9 +1,9 @@
 /** `lychd logs [ENGINE|harvester|scribe] [-f] [-n N]`: a unit's journal (the active engine by default). */
-import type { ConfigOptions } from "../cli.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { LychdError } from "../errors.ts";
 import type { Host } from "../host.ts";
-import { locations } from "../paths.ts";
+import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";
 import { resolveEngines, soulstoneService } from "../units/model.ts";
 
@@ -15,8 +15,9 @@ export interface LogsOptions {
 }
 
 export async function logs(host: Host, options: LogsOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { config } = await loadConfig(host, loc, options.config);
+  const setup = await openSetup(host, options.config, { kind: "operate" });
+  const loc = setup.loc;
+  const { config } = await loadConfig(host, setup, [], false);
   const engines = resolveEngines(config).map((e) => e.name);
   let unit: string;
   if (options.target === "harvester" || options.target === "scribe") {

@@ -3,10 +3,10 @@
  * time, visibly, so that a swap never spends its start timeout on a multi-GB download. The
  * soulstone units run with `--pull=never` for that reason.
  */
-import type { ConfigOptions } from "../cli.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import type { Host } from "../host.ts";
-import { locations } from "../paths.ts";
+import { openSetup } from "../setup.ts";
 import { pullFor } from "../pull.ts";
 
 export interface PullOptions {
@@ -17,7 +17,8 @@ export interface PullOptions {
 }
 
 export async function pull(host: Host, options: PullOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { config } = await loadConfig(host, loc, options.config);
+  const setup = await openSetup(host, options.config, { kind: "operate" });
+  const loc = setup.loc;
+  const { config } = await loadConfig(host, setup, [], false);
   return await pullFor(host, loc, config, options.engines, options.models);
 }

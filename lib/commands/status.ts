@@ -2,21 +2,20 @@
  * `lychd status [--json]`: every soulstone's unit state, which one serves and whether it is
  * healthy, the harvester and scribe with their URLs.
  *
- * Exit codes: 0 an engine is active and healthy; 1 an engine is active but not (yet) healthy;
- * 3 no engine is active. The JSON shape is documented in README.md ("lychd status --json").
+ * Exit codes (lib/exit.ts): OK an engine is active and healthy; UNHEALTHY active but not (yet)
+ * healthy; NOTHING_ACTIVE no engine is active; NO_SYSTEMD systemd cannot be reached. The JSON
+ * shape is documented in README.md ("lychd status --json").
  */
-import type { ConfigOptions } from "../cli.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { GRAFANA_PORT, PROMETHEUS_PORT } from "../engines.ts";
+import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
-import { locations } from "../paths.ts";
+import { openSetup } from "../setup.ts";
 import { BASE_URL, probe } from "../readiness.ts";
 import { showUnits } from "../systemctl.ts";
 import { formatBytes, imageExists, imageSize, modelLocation } from "../images.ts";
 import { resolveEngines, soulstoneService } from "../units/model.ts";
-
-export const EXIT_UNHEALTHY = 1;
-export const EXIT_NOTHING_ACTIVE = 3;
 
 export interface StatusOptions {
   config: ConfigOptions;
@@ -46,6 +45,8 @@ export interface StatusReport {
     /** Whether the model is in the cache (null: unknown, e.g. llama.cpp's own -hf cache). */
     modelPresent: boolean | null;
     modelBytes: number | null;
+    /** Why modelPresent is null, when lychd could not look: "outside lychd's read permission". */
+    modelUnknown: string | null;
   }[];
   serving: { engine: string; health: string; models: string[] } | null;
   /** `healthy`: the watcher's own health endpoint answered 200 (Prometheus /-/ready, Grafana /api/health). */
@@ -53,8 +54,9 @@ export interface StatusReport {
 }
 
 export async function status(host: Host, options: StatusOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { config } = await loadConfig(host, loc, options.config);
+  const setup = await openSetup(host, options.config, { kind: "operate" });
+  const loc = setup.loc;
+  const { config } = await loadConfig(host, setup, [], false);
   const engines = resolveEngines(config);
   const watchers = [
     {
@@ -93,7 +95,20 @@ export async function status(host: Host, options: StatusOptions): Promise<number
           e.cartridge?.download(e.model) != null,
         )
         : null;
-      const modelBytes = where ? await host.diskUsage(where).catch(() => null) : null;
+      // A model lychd may not read is unknown, never reported MISSING: that would be a guess.
+      let modelBytes: number | null = null;
+      let modelUnknown: string | null = where ? null : "kept in the engine's own cache";
+      if (where) {
+        try {
+          modelBytes = await host.diskUsage(where);
+        } catch (err) {
+          modelUnknown = err instanceof Deno.errors.NotCapable
+            ? "outside lychd's read permission"
+            : err instanceof Deno.errors.PermissionDenied
+            ? "not readable by this user"
+            : `could not look: ${(err as Error).message}`;
+        }
+      }
       return {
         name: e.name,
         unit: soulstoneService(e.name),
@@ -104,8 +119,9 @@ export async function status(host: Host, options: StatusOptions): Promise<number
         imagePresent: present,
         imageBytes,
         model: e.model,
-        modelPresent: where ? modelBytes !== null : null,
+        modelPresent: where && modelUnknown === null ? modelBytes !== null : null,
         modelBytes,
+        modelUnknown: e.model ? modelUnknown : null,
       };
     })),
     serving: active && p ? { engine: active.name, health: p.detail, models: p.models } : null,
@@ -115,7 +131,7 @@ export async function status(host: Host, options: StatusOptions): Promise<number
     })),
   };
   host.out(options.json ? JSON.stringify(report, null, 2) + "\n" : describe(report));
-  return !active ? EXIT_NOTHING_ACTIVE : report.healthy ? 0 : EXIT_UNHEALTHY;
+  return !active ? EXIT.NOTHING_ACTIVE : report.healthy ? EXIT.OK : EXIT.UNHEALTHY;
 }
 
 function describe(r: StatusReport): string {
@@ -129,9 +145,9 @@ function describe(r: StatusReport): string {
     );
   } else lines.push("  serving: nothing (no soulstone is active)");
   lines.push("  soulstones:");
-  const have = (present: boolean | null, bytes: number | null) =>
+  const have = (present: boolean | null, bytes: number | null, why: string | null = null) =>
     present === null
-      ? "unknown"
+      ? (why ? `unknown (${why})` : "unknown")
       : present
       ? (bytes !== null ? formatBytes(bytes) : "present")
       : "MISSING";
@@ -141,7 +157,9 @@ function describe(r: StatusReport): string {
         e.boot ? "starts at boot" : ""
       }`,
       `      image ${e.image} [${have(e.imagePresent, e.imageBytes)}]`,
-      `      model ${e.model ?? "-"} [${e.model ? have(e.modelPresent, e.modelBytes) : "-"}]`,
+      `      model ${e.model ?? "-"} [${
+        e.model ? have(e.modelPresent, e.modelBytes, e.modelUnknown) : "-"
+      }]`,
     );
   }
   lines.push("  watchers:");

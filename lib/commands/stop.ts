@@ -1,8 +1,8 @@
 /** `lychd stop [--all]`: stop the engine (every soulstone), or everything lychd runs. */
-import type { ConfigOptions } from "../cli.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import type { Host } from "../host.ts";
-import { locations } from "../paths.ts";
+import { openSetup } from "../setup.ts";
 import { systemctl } from "../systemctl.ts";
 import { resolveEngines, soulstoneService } from "../units/model.ts";
 
@@ -12,8 +12,9 @@ export interface StopOptions {
 }
 
 export async function stop(host: Host, options: StopOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { config } = await loadConfig(host, loc, options.config);
+  const setup = await openSetup(host, options.config, { kind: "operate" });
+  const loc = setup.loc;
+  const { config } = await loadConfig(host, setup, [], false);
   // Stopping units that are not running is a no-op, so all soulstones go in one call.
   const units = resolveEngines(config).map((e) => soulstoneService(e.name));
   if (options.all) units.push("scribe.service", "harvester.service");

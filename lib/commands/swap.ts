@@ -7,16 +7,25 @@
  *   wait: health path 200, then /v1/models lists the model -> report the phases.
  *   On a failed unit or a timeout: journal tail, then roll back the same way.
  */
-import type { ConfigOptions } from "../cli.ts";
 import { loadConfig } from "../config/load.ts";
+import type { ConfigOptions } from "../config/types.ts";
 import { LychdError } from "../errors.ts";
+import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
-import { type Locations, locations } from "../paths.ts";
-import { BASE_URL, type Probe, probe } from "../readiness.ts";
-import { journalTail, parseTimestamp, showUnits, systemctl, SystemctlError } from "../systemctl.ts";
 import { imageExists } from "../images.ts";
-import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 import { installUnits, withLock } from "../install.ts";
+import { BASE_URL, type Probe, probe } from "../readiness.ts";
+import { lychdLine, openSetup, type Setup } from "../setup.ts";
+import {
+  journalTail,
+  parseTimestamp,
+  showUnits,
+  systemctl,
+  SystemctlError,
+  type UnitProps,
+} from "../systemctl.ts";
+import { printable } from "../text.ts";
+import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface SwapOptions {
   config: ConfigOptions;
@@ -27,63 +36,63 @@ export interface SwapOptions {
   rollback: boolean;
 }
 
-/** Exit codes: the swap failed but the previous engine serves again / nothing serves now. */
-export const EXIT_ROLLED_BACK = 1;
-export const EXIT_NOT_SERVING = 4;
-
 const POLL_MS = 25;
 const UNIT_CHECK_MS = 1000;
+const RUNNING = ["active", "activating", "reloading"];
 
 export async function swap(host: Host, options: SwapOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const { config } = await loadConfig(host, loc, options.config);
-  const engines = resolveEngines(config);
+  const setup = await openSetup(host, options.config, { kind: "operate" });
+  // Everything from reading lychd.yaml on happens under the lock: a concurrent init or swap
+  // never sees (or writes) a half-done state.
+  return await withLock(host, setup.loc, () => swapLocked(host, setup, options));
+}
+
+async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promise<number> {
+  const loc = setup.loc;
+  const loaded = await loadConfig(host, setup, [], false);
+  const text = loaded.originalText!;
+  const bootBefore = loaded.config.active;
+  const engines = resolveEngines(loaded.config);
   const target = engines.find((e) => e.name === options.engine);
   if (!target) {
     throw new LychdError(
       `unknown engine "${options.engine}"; configured: ${engines.map((e) => e.name).join(", ")}. ` +
-        "Add it with `lychd init --engines ...`.",
-      2,
+        `Add it with \`${lychdLine(setup, "init")} --engines ...\`.`,
+      EXIT.USAGE,
     );
   }
   const unitFile = `${loc.quadletDir}/soulstone-${target.name}.container`;
   if (!(await host.exists(unitFile))) {
-    throw new LychdError(`${unitFile} is not there: run \`lychd init\` first.`);
+    throw new LychdError(`${unitFile} is not there: run \`${lychdLine(setup, "init")}\` first.`);
   }
   if ((await imageExists(host, target.image)) === false) {
     throw new LychdError(
       `the image of ${target.name}, ${target.image}, is not on this host, and lychd's units never ` +
-        `download during a swap. Fetch it first: lychd pull ${target.name}`,
+        `download during a swap. Fetch it first: ${lychdLine(setup, `pull ${target.name}`)}`,
     );
   }
-  return await withLock(
-    host,
-    loc,
-    () => swapLocked(host, loc, options, engines, target, config.active),
-  );
-}
-
-async function swapLocked(
-  host: Host,
-  loc: Locations,
-  options: SwapOptions,
-  engines: Engine[],
-  target: Engine,
-  bootBefore: string,
-): Promise<number> {
   const scope = loc.systemctlScope;
-  const units = engines.map((e) => soulstoneService(e.name));
-  const states = await showUnits(host, scope, units, ["ActiveState"]);
+  const states = await showUnits(host, scope, engines.map((e) => soulstoneService(e.name)), [
+    "ActiveState",
+    "ActiveEnterTimestamp",
+  ]);
   const running = engines.filter((e) =>
-    ["active", "activating", "reloading"].includes(states[soulstoneService(e.name)]?.ActiveState)
+    RUNNING.includes(states[soulstoneService(e.name)]?.ActiveState)
   );
   const previous = running.find((e) => e.name !== target.name) ?? null;
+  const targetRuns = running.some((e) => e.name === target.name);
 
-  if (running.some((e) => e.name === target.name) && !previous) {
+  // Re-render with the target as the boot engine first: if its unit changes (or changed since it
+  // started, through init), a running target must be restarted, or it keeps its old settings.
+  const { changed } = await installUnits(host, setup, text, activeIs(target.name, bootBefore));
+  const stale = targetRuns && !previous &&
+    (changed.includes(unitFile) ||
+      await startedBefore(host, unitFile, states[soulstoneService(target.name)]));
+  if (targetRuns && !previous && !stale) {
     const p = await probe(host, target);
     if (p.state === "ready") {
       host.out(`${target.name} is already active and healthy (${p.detail}); nothing to do.\n`);
-      return 0;
+      return EXIT.OK;
     }
   }
 
@@ -95,21 +104,31 @@ async function swapLocked(
       `\nlychd swap interrupted (${signal}) while: ${progress.current() || "preparing"}.\n` +
         `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
         `in the background${previous ? ` (${previous.name} was stopped)` : ""}. ` +
-        `See \`lychd status\`${
-          previous ? `; go back with \`lychd swap ${previous.name}\`` : ""
+        `See \`${lychdLine(setup, "status")}\`${
+          previous ? `; go back with \`${lychdLine(setup, `swap ${previous.name}`)}\`` : ""
         }.\n`,
     );
-    return signal === "SIGINT" ? 130 : 143;
+    return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
   });
   let result: Outcome;
   try {
-    result = await switchTo(host, loc, options, target, previous, progress);
+    result = await switchTo(
+      host,
+      setup,
+      text,
+      bootBefore,
+      options,
+      target,
+      previous,
+      stale,
+      progress,
+    );
   } finally {
     stopListening();
   }
   if (result.ok) {
     host.out(`${result.report}\n`);
-    return 0;
+    return EXIT.OK;
   }
   host.err(`\n${target.name} failed: ${result.reason}\n`);
   host.err(`Last lines of ${soulstoneService(target.name)}'s journal:\n`);
@@ -117,69 +136,98 @@ async function swapLocked(
 
   if (!options.rollback) {
     host.err(`Not rolling back (--no-rollback): ${target.name} is left as it is.\n`);
-    return EXIT_NOT_SERVING;
+    return EXIT.NOT_SERVING;
   }
   if (!previous) {
     await systemctl(host, scope, "stop", soulstoneService(target.name)).catch(() => {});
     // Nothing to roll back to, but the boot engine goes back to what it was.
-    await installUnits(host, loc, {
-      ...options.config,
-      overrides: [{ path: ["active"], value: bootBefore, flag: "swap" }],
-    });
+    await installUnits(host, setup, text, activeIs(bootBefore, bootBefore));
     host.err(
-      `No engine served before the swap; ${target.name} is stopped again and ${bootBefore} is the ` +
-        "boot engine again. Nothing serves now.\n",
+      `${
+        stale ? `${target.name} served before its unit changed; it` : "No engine served before " +
+          `the swap; ${target.name}`
+      } is stopped now and ${bootBefore} is the boot engine. Nothing serves on ${BASE_URL} now.\n`,
     );
-    return EXIT_NOT_SERVING;
+    return EXIT.NOT_SERVING;
   }
   host.err(`Rolling back to ${previous.name}...\n`);
   const back = await switchTo(
     host,
-    loc,
+    setup,
+    text,
+    bootBefore,
     { ...options, timeoutSec: null },
     previous,
     target,
+    false,
     new Progress(host, previous.name),
   );
   if (back.ok) {
     host.err(
       `${back.report}\nThe swap to ${target.name} failed; ${previous.name} serves again, as before.\n`,
     );
-    return EXIT_ROLLED_BACK;
+    return EXIT.ROLLED_BACK;
   }
   host.err(
-    `The rollback failed too: ${previous.name}: ${back.reason}. Nothing serves on 127.0.0.1:8081 now; ` +
-      "see `lychd status` and `lychd logs`.\n",
+    `The rollback failed too: ${previous.name}: ${back.reason}. Nothing serves on ${BASE_URL} now; ` +
+      `see \`${lychdLine(setup, "status")}\` and \`${lychdLine(setup, "logs")}\`.\n`,
   );
-  return EXIT_NOT_SERVING;
+  return EXIT.NOT_SERVING;
+}
+
+/**
+ * `text` is lychd.yaml as it was before the swap, whose boot engine is `bootBefore`: making that
+ * one active again needs no change, so the file is left exactly as the user wrote it.
+ */
+function activeIs(engine: string, bootBefore: string) {
+  return engine === bootBefore ? [] : [{ path: ["active"], value: engine, flag: "swap" }];
+}
+
+/** The unit file was written after the service became active: it runs with an older version. */
+async function startedBefore(
+  host: Host,
+  unitFile: string,
+  props: UnitProps | undefined,
+): Promise<boolean> {
+  const since = parseTimestamp(props?.ActiveEnterTimestamp);
+  const written = await host.modifiedAt(unitFile);
+  return since !== null && written !== null && written > since;
 }
 
 type Outcome = { ok: true; report: string } | { ok: false; reason: string };
 
-/** Make `engine` the boot engine, start it, wait until it serves. */
+/**
+ * Make `engine` the boot engine, start it (restart it if `restart`: it runs with an old unit),
+ * wait until it serves.
+ */
 async function switchTo(
   host: Host,
-  loc: Locations,
+  setup: Setup,
+  text: string,
+  bootBefore: string,
   options: SwapOptions,
   engine: Engine,
   previous: Engine | null,
+  restart: boolean,
   progress: Progress,
 ): Promise<Outcome> {
-  const scope = loc.systemctlScope;
+  const scope = setup.loc.systemctlScope;
   const service = soulstoneService(engine.name);
   const t0 = host.now();
-  await installUnits(host, loc, {
-    ...options.config,
-    overrides: [{ path: ["active"], value: engine.name, flag: "swap" }],
-  });
+  await installUnits(host, setup, text, activeIs(engine.name, bootBefore));
+  const stopping = restart ? engine : previous;
   progress.phase(
-    previous
+    restart
+      ? `restarting ${engine.name} (its unit changed)`
+      : previous
       ? `stopping ${previous.name}, then starting ${engine.name}`
       : `starting ${engine.name}`,
   );
+  const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
   try {
+    if (stopping) await stopWithConfiguredTimeout(host, stopping, progress);
     // Returns once the container runs; Conflicts= has stopped the previous engine before that.
-    await systemctl(host, scope, "start", service);
+    await systemctl(host, scope, restart ? "restart" : "start", service);
   } catch (e) {
     progress.done();
     if (e instanceof SystemctlError) return { ok: false, reason: e.message };
@@ -192,18 +240,18 @@ async function switchTo(
     "Result",
     "ExecMainStatus",
   ];
+  const stoppedUnit = stopping ? soulstoneService(stopping.name) : null;
   const after = await showUnits(
     host,
     scope,
-    previous ? [soulstoneService(previous.name), service] : [service],
+    stoppedUnit && stoppedUnit !== service ? [stoppedUnit, service] : [service],
     props,
   );
-  const stoppedAt = previous
-    ? parseTimestamp(after[soulstoneService(previous.name)]?.InactiveEnterTimestamp)
-    : null;
+  // A restart's stop shows in the same unit's timestamps.
+  const stoppedAt = stoppedUnit ? parseTimestamp(after[stoppedUnit]?.InactiveEnterTimestamp) : null;
   const upAt = parseTimestamp(after[service]?.ActiveEnterTimestamp) ?? host.now();
-  const killed = previous ? wasKilled(after[soulstoneService(previous.name)]) : false;
-  if (previous) {
+  const killed = stoppedUnit && stoppedUnit !== service ? wasKilled(after[stoppedUnit]) : false;
+  if (previous && !restart) {
     progress.note(`${previous.name} stopped${killed ? " (it did not exit in time: killed)" : ""}`);
   }
   if (previous && killed) {
@@ -219,6 +267,7 @@ async function switchTo(
 
   const timeoutMs = (options.timeoutSec ?? engine.settings.startTimeoutSec) * 1000;
   const deadline = t0 + timeoutMs;
+  const restartsBefore = Number(before?.NRestarts ?? 0) || 0;
   let last: Probe | null = null;
   let lastUnitCheck = host.now();
   for (;;) {
@@ -229,16 +278,33 @@ async function switchTo(
     progress.tick();
     if (host.now() - lastUnitCheck >= UNIT_CHECK_MS) {
       lastUnitCheck = host.now();
-      const state = (await showUnits(host, scope, [service], ["ActiveState"]))[service]
-        ?.ActiveState;
+      const unit = (await showUnits(host, scope, [service], [
+        "ActiveState",
+        "SubState",
+        "NRestarts",
+        "ExecMainStatus",
+      ]))[service];
       // The engine's own latest word (download or load progress) next to the elapsed time.
       const line = (await journalTail(host, scope, service, 1)).trim();
       if (line && !line.startsWith("(journalctl failed")) progress.log(line);
-      if (state === "failed" || state === "inactive") {
+      const state = unit?.ActiveState;
+      // An engine that exits while starting is a failed swap at once: Restart=on-failure is for
+      // an engine that crashes after it served, not for one that cannot start.
+      const restarts = (Number(unit?.NRestarts ?? 0) || 0) - restartsBefore;
+      if (
+        state === "failed" || state === "inactive" || unit?.SubState === "auto-restart" ||
+        restarts > 0
+      ) {
         progress.done();
+        const status = unit?.ExecMainStatus && unit.ExecMainStatus !== "0"
+          ? ` with status ${unit.ExecMainStatus}`
+          : "";
         return {
           ok: false,
-          reason: `the unit is ${state} (last answer on port 8081: ${p.detail})`,
+          reason: state === "failed" || state === "inactive"
+            ? `the unit is ${state} (last answer on port 8081: ${p.detail})`
+            : `the engine exited${status} while starting (systemd would restart it; a swap ` +
+              `does not wait for that). Last answer on port 8081: ${p.detail}`,
         };
       }
     }
@@ -256,16 +322,45 @@ async function switchTo(
   const readyAt = host.now();
   progress.done();
   const phases = [
-    ...(previous
-      ? [`old engine stopped ${fmt((stoppedAt ?? upAt) - t0)}${killed ? " (killed)" : ""}`]
+    ...(stopping
+      ? [
+        `${restart ? "stopped" : "old engine stopped"} ${fmt((stoppedAt ?? upAt) - t0)}${
+          killed ? " (killed)" : ""
+        }`,
+      ]
       : []),
-    `container up ${fmt(upAt - (stoppedAt ?? t0))}`,
+    `container up ${fmt(Math.max(0, upAt - (stoppedAt ?? t0)))}`,
     `model loaded ${fmt(Math.max(0, readyAt - upAt))}`,
   ];
   return {
     ok: true,
     report: `${engine.name} ready in ${fmt(readyAt - t0)} (${phases.join(", ")})`,
   };
+}
+
+/**
+ * Podman fixes a container's stop timeout when it creates it; systemd reads TimeoutStopSec= from
+ * the unit as it is now. After stop_timeout changed under a running engine the two disagree,
+ * and systemd would kill the engine (or Podman kill it early). Then lychd stops the container
+ * itself with the configured timeout, before systemd's stop finds it gone.
+ */
+async function stopWithConfiguredTimeout(host: Host, engine: Engine, progress: Progress) {
+  const container = `soulstone-${engine.name}`;
+  const r = await host.run("podman", [
+    "container",
+    "inspect",
+    "--format",
+    "{{.Config.StopTimeout}}",
+    container,
+  ]);
+  const baked = Number(r.stdout.trim());
+  const wanted = engine.settings.stopTimeoutSec;
+  if (r.code !== 0 || !Number.isFinite(baked) || baked === wanted) return;
+  progress.note(
+    `${engine.name}'s container was created with a ${baked} s stop timeout; stopping it with ` +
+      `the configured ${wanted} s`,
+  );
+  await host.run("podman", ["stop", "--time", String(wanted), container]);
 }
 
 /** systemd had to kill the old engine (its stop timed out), or the container died of SIGKILL. */
@@ -306,7 +401,8 @@ class Progress {
 
   constructor(private host: Host, private engine: string) {
     this.start = host.now();
-    this.tty = host.isTerminal();
+    // Progress goes to stderr: whether stdout is a terminal says nothing about it.
+    this.tty = host.isTerminal("stderr");
   }
 
   phase(text: string) {
@@ -334,7 +430,8 @@ class Progress {
 
   private lastLog = "";
 
-  log(line: string) {
+  log(raw: string) {
+    const line = printable(raw);
     if (line === this.lastLog) return;
     this.lastLog = line;
     if (this.tty) this.draw();

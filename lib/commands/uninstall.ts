@@ -2,14 +2,17 @@
  * `lychd uninstall [--purge] [--dry-run] [--force]`: stop what lychd runs, remove exactly the
  * files its manifest says it wrote and nobody edited since (edited ones are listed and kept
  * unless --force), reload systemd. Prometheus' and Grafana's data (volumes), the Grafana
- * password and lychd.yaml stay unless --purge. The model cache is never touched.
+ * password and lychd.yaml stay unless --purge; even then lychd.yaml goes only if lychd wrote it
+ * (the user's own file needs --force). The model cache is never touched.
  */
-import { readManifest, sha256 } from "../apply.ts";
-import type { ConfigOptions } from "../cli.ts";
+import { readManifest, sha256, writeManifest } from "../apply.ts";
+import type { ConfigOptions } from "../config/types.ts";
+import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
-import { locations } from "../paths.ts";
 import { GRAFANA_ADMIN_SECRET } from "../units/model.ts";
-import { systemctlLine, withLock } from "../install.ts";
+import { daemonReload, systemctlLine, withLock } from "../install.ts";
+import { openSetup } from "../setup.ts";
+import { SystemctlError } from "../systemctl.ts";
 
 export interface UninstallOptions {
   config: ConfigOptions;
@@ -21,12 +24,17 @@ export interface UninstallOptions {
 const VOLUMES = ["lychd-harvester-data", "lychd-scribe-data"];
 
 export async function uninstall(host: Host, options: UninstallOptions): Promise<number> {
-  const loc = locations(options.config.system ? "system" : "user", (n) => host.env(n));
-  const manifestPath = `${loc.dataDir}/manifest.json`;
+  // "inspect": an uninstall with nothing installed is a no-op, not an error; a --config that is
+  // not the recorded one is refused like everywhere else.
+  const setup = await openSetup(host, options.config, { kind: "inspect" });
+  const { loc, manifestPath } = setup;
   const manifest = await readManifest(host, manifestPath);
   const paths = Object.keys(manifest.files).sort();
-  const configFile = options.config.configPath ?? loc.configFile;
+  const configFile = setup.configPath;
   const password = `${loc.dataDir}/grafana-admin-password`;
+  // lychd.yaml is deleted only if lychd wrote it (recorded at init); the user's own needs --force.
+  const configIsOurs = manifest.config?.path === configFile && manifest.config.writtenByLychd;
+  const purgeConfig = options.purge && (configIsOurs || options.force);
   if (
     paths.length === 0 &&
     !(options.purge && (await host.exists(configFile) || await host.exists(password)))
@@ -46,7 +54,10 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
   const units = paths.filter((p) => p.endsWith(".container")).map((p) =>
     p.slice(p.lastIndexOf("/") + 1).replace(/\.container$/, ".service")
   );
-  const purged = options.purge ? [configFile, password] : [];
+  const purged = options.purge ? [...(purgeConfig ? [configFile] : []), password] : [];
+  const configKept = options.purge && !purgeConfig && await host.exists(configFile)
+    ? `${configFile} (you wrote it, not lychd; --purge --force removes it too)`
+    : null;
 
   if (options.dryRun) {
     host.out(`lychd uninstall --dry-run (${loc.mode} mode): nothing is changed.\n`);
@@ -57,6 +68,7 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
     }
     if (options.purge) {
       for (const p of purged) host.out(`would remove  ${p}\n`);
+      if (configKept) host.out(`would keep    ${configKept}\n`);
       host.out(
         `would remove the Podman volumes ${
           VOLUMES.join(", ")
@@ -87,25 +99,41 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
     // Keep the kept files recorded, so a later `uninstall --force` still knows them.
     const rest = Object.fromEntries(keep.map((p) => [p, manifest.files[p]]));
     if (keep.length) {
-      await host.writeFileAtomic(
-        manifestPath,
-        new TextEncoder().encode(JSON.stringify({ version: 1, files: rest }, null, 2) + "\n"),
-        0o600,
-      );
+      await writeManifest(host, manifestPath, { ...manifest, files: rest });
     } else await host.remove(manifestPath);
 
+    let failed = false;
     if (options.purge) {
-      for (const v of VOLUMES) await host.run("podman", ["volume", "rm", "--force", v]);
-      await host.run("podman", ["secret", "rm", GRAFANA_ADMIN_SECRET]);
+      for (const v of VOLUMES) {
+        const r = await host.run("podman", ["volume", "rm", "--force", v]);
+        if (r.code === 0) host.out(`removed  Podman volume ${v}\n`);
+        else {
+          failed = true;
+          host.err(
+            `could not remove the Podman volume ${v}: ${r.stderr.trim() || `exit ${r.code}`}\n`,
+          );
+        }
+      }
+      const inspect = await host.run("podman", ["secret", "inspect", GRAFANA_ADMIN_SECRET]);
+      if (inspect.code === 0) {
+        const r = await host.run("podman", ["secret", "rm", GRAFANA_ADMIN_SECRET]);
+        if (r.code === 0) host.out(`removed  Podman secret ${GRAFANA_ADMIN_SECRET}\n`);
+        else {
+          failed = true;
+          host.err(
+            `could not remove the Podman secret ${GRAFANA_ADMIN_SECRET}: ${
+              r.stderr.trim() || `exit ${r.code}`
+            }\n`,
+          );
+        }
+      }
       for (const p of purged) {
         if (await host.exists(p)) {
           await host.remove(p);
           host.out(`removed  ${p}\n`);
         }
       }
-      host.out(
-        `removed the Podman volumes ${VOLUMES.join(", ")} and the secret ${GRAFANA_ADMIN_SECRET}\n`,
-      );
+      if (configKept) host.out(`kept     ${configKept}\n`);
     } else {
       host.out(
         `kept Prometheus' and Grafana's data (volumes ${
@@ -115,9 +143,14 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
       );
     }
     await removeEmptyFolders(host, loc.dataDir, remove);
-    const reload = await host.run("systemctl", [...loc.systemctlScope, "daemon-reload"]);
-    if (reload.code !== 0) host.err(`Run \`${systemctlLine(loc, "daemon-reload")}\` by hand.\n`);
-    return 0;
+    try {
+      await daemonReload(host, loc);
+    } catch (e) {
+      if (!(e instanceof SystemctlError)) throw e;
+      host.err(`${e.message}\nRun \`${systemctlLine(loc, "daemon-reload")}\` by hand.\n`);
+      return EXIT.NOT_RELOADED;
+    }
+    return failed ? EXIT.FAILED : EXIT.OK;
   });
 }
 

@@ -2,11 +2,10 @@
  * lychd.yaml + flags -> a validated config, and the text lychd.yaml should have afterwards.
  * The file is read through the Host; everything else is pure.
  */
-import type { ConfigOptions } from "../cli.ts";
 import { builtinCartridge } from "../engines.ts";
-import { ConfigError } from "../errors.ts";
+import { ConfigError, LychdError } from "../errors.ts";
 import type { Host } from "../host.ts";
-import type { Locations } from "../paths.ts";
+import type { Setup } from "../setup.ts";
 import type { LychdConfig } from "./types.ts";
 import { isPlainObject, validateConfig } from "./validate.ts";
 import { type KeyPath, type Override, parseConfigText, updateConfigText } from "./yaml.ts";
@@ -16,26 +15,58 @@ export interface LoadedConfig {
   configPath: string;
   /** What lychd.yaml should contain after this run (equal to the file if nothing changed). */
   configText: string;
+  /** The file as it is now; null if it does not exist yet. */
+  originalText: string | null;
 }
 
+/**
+ * Read and validate the setup's lychd.yaml with `overrides` applied. Only `init` may start from
+ * a file that does not exist yet (it writes the first one); for every other command a missing
+ * file is an error, never a silent fall-back to the defaults.
+ */
 export async function loadConfig(
   host: Host,
-  loc: Locations,
-  options: ConfigOptions,
+  setup: Setup,
+  overrides: Override[],
+  allowMissing: boolean,
 ): Promise<LoadedConfig> {
-  const configPath = options.configPath === null
-    ? loc.configFile
-    : host.absolute(options.configPath);
-  const bytes = await host.readFile(configPath);
-  let text: string | null = null;
-  if (bytes !== null) {
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-    } catch {
-      throw new ConfigError([{ where: configPath, key: "(file)", message: "is not valid UTF-8" }]);
-    }
+  const text = await readConfigText(host, setup.configPath);
+  if (text === null && !allowMissing) {
+    throw new LychdError(
+      `${setup.configPath} does not exist, but lychd's units here were rendered from it. Put it ` +
+        "back, or run `lychd init --force` to render them from the defaults and your flags.",
+    );
   }
-  return resolveConfig(text, configPath, options.overrides);
+  return resolveConfig(text, setup.configPath, overrides);
+}
+
+/** lychd.yaml's text, or null if there is none; errors say what to do, not how Deno failed. */
+export async function readConfigText(host: Host, path: string): Promise<string | null> {
+  let bytes: Uint8Array | null;
+  try {
+    bytes = await host.readFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotCapable) {
+      throw new LychdError(
+        `${path}: lychd may not read files there (its permission set is fixed in the binary). ` +
+          'Keep lychd.yaml under your home folder, /tmp or /etc/lychd (README, "Permissions").',
+        2,
+      );
+    }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new LychdError(`${path}: permission denied (${(e as Error).message})`, 2);
+    }
+    if (e instanceof Deno.errors.IsADirectory) {
+      throw new LychdError(`${path} is a folder; --config takes lychd.yaml's file path`, 2);
+    }
+    throw e;
+  }
+  if (bytes === null) return null;
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ConfigError([{ where: path, key: "(file)", message: "is not valid UTF-8" }]);
+  }
 }
 
 /** Pure core of loadConfig: file text (or null) + overrides -> config and new file text. */
@@ -57,7 +88,7 @@ export function resolveConfig(
   const configText = text === null
     ? updateConfigText(null, firstConfig(config, overrides))
     : updateConfigText(text, overrides);
-  return { config, configPath, configText };
+  return { config, configPath, configText, originalText: text };
 }
 
 /** The first lychd.yaml spells out what was used, so the user sees what there is to change. */

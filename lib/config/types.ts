@@ -1,4 +1,14 @@
 import type { GpuVendor } from "../engines.ts";
+import type { Override } from "./yaml.ts";
+
+/** Which setup a command acts on, as the command line says it (lib/setup.ts resolves it). */
+export interface ConfigOptions {
+  system: boolean;
+  /** --config FILE; null = the one recorded at init, else the default location for the mode. */
+  configPath: string | null;
+  /** Flags that change lychd.yaml's keys (init, render). */
+  overrides: Override[];
+}
 
 /** A validated lychd.yaml merged with flags. Every field is checked and safe to render. */
 export interface LychdConfig {

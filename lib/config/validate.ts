@@ -6,7 +6,7 @@
 import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
 import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
-import { CONTROL_CHARACTER } from "../units/systemd.ts";
+import { CONTROL_CHARACTER, hostPathProblem } from "../units/systemd.ts";
 import type { KeyPath } from "./yaml.ts";
 import { suggest } from "../suggest.ts";
 import { parseDuration } from "../duration.ts";
@@ -18,8 +18,6 @@ const ENGINE_NAME_MAX = 32;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const SECRET_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$/;
 const URL_PATH = /^\/[A-Za-z0-9._~\/-]*$/;
-/** Host paths land in Volume= and RequiresMountsFor=, where nothing is unquoted: keep them plain. */
-const HOST_PATH = /^\/[A-Za-z0-9._\/@+~-]*$/;
 const PROM_DURATION = /^[1-9][0-9]*(ms|s|m|h)$/;
 const PROM_RETENTION = /^[1-9][0-9]*(h|d|w|y)$/;
 const VALUE_MAX = 4096;
@@ -56,7 +54,7 @@ export const DEFAULT_START_TIMEOUT_SEC = 15 * 60;
 export const DEFAULT_STOP_TIMEOUT_SEC = 30;
 
 /** Settings of a cartridge the config says nothing about. */
-export function defaultSettings(): CartridgeSettings {
+export function defaultSettings(name: string): CartridgeSettings {
   return {
     image: null,
     model: null,
@@ -65,7 +63,7 @@ export function defaultSettings(): CartridgeSettings {
     secrets: {},
     gpu: null,
     startTimeoutSec: DEFAULT_START_TIMEOUT_SEC,
-    stopTimeoutSec: DEFAULT_STOP_TIMEOUT_SEC,
+    stopTimeoutSec: builtinCartridge(name)?.stopTimeoutSec ?? DEFAULT_STOP_TIMEOUT_SEC,
     port: null,
     healthPath: null,
     metricsPath: null,
@@ -210,7 +208,7 @@ class Validator {
       startTimeoutSec: opt("start_timeout", (v, p) => this.duration(v, p)) ??
         DEFAULT_START_TIMEOUT_SEC,
       stopTimeoutSec: opt("stop_timeout", (v, p) => this.duration(v, p)) ??
-        DEFAULT_STOP_TIMEOUT_SEC,
+        builtin?.stopTimeoutSec ?? DEFAULT_STOP_TIMEOUT_SEC,
       port: opt("port", (v, p) => this.port(v, p)),
       healthPath: opt(
         "health_path",
@@ -282,12 +280,10 @@ class Validator {
     if (s.startsWith("-")) {
       return this.fail(path, `${JSON.stringify(s)} starts with "-": it would be read as an option`);
     }
-    if (s.startsWith("/") && !HOST_PATH.test(dirname(s))) {
-      return this.fail(
-        path,
-        `the folder of a local model must be a plain absolute path (${HOST_PATH.source})`,
-      );
-    }
+    // A local model file is mounted into the container at its own path (Volume=).
+    const problem = s.startsWith("/") ? hostPathProblem(s, true) : null;
+    if (problem) return this.fail(path, `a local model file's path ${problem}`);
+
     return s;
   }
 
@@ -392,12 +388,8 @@ class Validator {
   hostPath(raw: unknown, path: KeyPath): string | null {
     const s = this.string(raw, path, 1024);
     if (s === null) return null;
-    if (!HOST_PATH.test(s) || s.split("/").includes("..")) {
-      return this.fail(
-        path,
-        `${JSON.stringify(s)} must be an absolute path of letters, digits and ._-/@+~ without ".."`,
-      );
-    }
+    const problem = hostPathProblem(s);
+    if (problem) return this.fail(path, `${JSON.stringify(s)} ${problem}`);
     return s;
   }
 
@@ -439,10 +431,6 @@ export function imageProblem(ref: string): string | null {
 
 export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
-}
-
-function dirname(p: string): string {
-  return p.slice(0, p.lastIndexOf("/")) || "/";
 }
 
 function describe(v: unknown): string {

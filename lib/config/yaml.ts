@@ -76,7 +76,16 @@ export interface Override {
  */
 export function updateConfigText(existing: string | null, overrides: Override[]): string {
   const doc = existing === null ? parseDocument("{}") : parseDocument(existing, PARSE_OPTIONS);
-  for (const o of overrides) {
+  // A flag that repeats what the file says changes nothing: the file stays byte for byte.
+  const changing = overrides.filter((o) => {
+    const current = doc.getIn(o.path);
+    const plain = current && typeof current === "object" && "toJSON" in current
+      ? (current as { toJSON(): unknown }).toJSON()
+      : current;
+    return JSON.stringify(plain) !== JSON.stringify(o.value);
+  });
+  if (existing !== null && changing.length === 0) return existing;
+  for (const o of changing) {
     doc.setIn(o.path, doc.createNode(o.value, { flow: Array.isArray(o.value) }));
   }
   const body = existing === null ? stringify(doc.toJS(), { lineWidth: 0 }) : doc.toString();

@@ -84,7 +84,7 @@ export function soulstoneService(engine: string): string {
 export function resolveEngines(config: LychdConfig): Engine[] {
   return config.engines.map((name) => {
     const cartridge = builtinCartridge(name) ?? null;
-    const settings = config.cartridges[name] ?? defaultSettings();
+    const settings = config.cartridges[name] ?? defaultSettings(name);
     const gpu = settings.gpu ?? config.gpu;
     if (cartridge) {
       const image = settings.image ?? cartridge.images[gpu.vendor];
@@ -137,8 +137,9 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       `${modelCache}:${cartridge?.modelCacheTarget ?? "/root/.cache/huggingface"}:z`,
     ];
     if (cartridge && engine.model?.startsWith("/")) {
-      const dir = engine.model.slice(0, engine.model.lastIndexOf("/")) || "/";
-      volumes.push(`${dir}:${dir}:ro,z`);
+      // The model itself (a GGUF file, or a model's folder), read-only, at its own path: never
+      // its parent folder, which `:z` would relabel as a whole on an SELinux host (SECURITY.md).
+      volumes.push(`${engine.model}:${engine.model}:ro,z`);
     }
     const secrets = { ...config.secrets, ...settings.secrets };
     return {

@@ -39,6 +39,7 @@ export class FakeHost implements Host {
       return Promise.reject(new Error(`simulated crash at write ${this.writes}`));
     }
     this.files.set(path, { data: data.slice(), mode });
+    this.mtimes.set(path, this.clock);
     return Promise.resolve();
   }
 
@@ -93,6 +94,12 @@ export class FakeHost implements Host {
     return this.run(program, args).then((r) => r.code);
   }
 
+  mtimes = new Map<string, number>();
+
+  modifiedAt(path: string) {
+    return Promise.resolve(this.files.has(path) ? this.mtimes.get(path) ?? 0 : null);
+  }
+
   exists(path: string) {
     return Promise.resolve(this.files.has(path));
   }
@@ -127,8 +134,11 @@ export class FakeHost implements Host {
     return Promise.resolve();
   }
 
-  isTerminal() {
-    return false;
+  /** Which streams are terminals; by default neither. */
+  terminals = new Set<"stdout" | "stderr">();
+
+  isTerminal(stream: "stdout" | "stderr") {
+    return this.terminals.has(stream);
   }
 
   interrupt: ((signal: "SIGINT" | "SIGTERM") => number) | null = null;
