@@ -539,7 +539,7 @@ const vessel: DashboardSpec = {
           title: "Engine serving now",
           unit: "none",
           kind: "stat",
-          targets: [["lychd:engine_serving", "{{engine}}"]],
+          targets: [["lychd:engine_serving", "{{lychd_engine}}"]],
         },
         {
           title: "Scrape health of port 8081",
@@ -552,7 +552,7 @@ const vessel: DashboardSpec = {
           title: "Which engine served when",
           unit: "none",
           kind: "state-timeline",
-          targets: [["lychd:engine_serving", "{{engine}}"]],
+          targets: [["lychd:engine_serving", "{{lychd_engine}}"]],
         },
       ],
     },
@@ -562,14 +562,14 @@ const vessel: DashboardSpec = {
         {
           title: "Requests per second",
           unit: "reqps",
-          targets: [["lychd:requests:rate1m", "{{engine}}"]],
+          targets: [["lychd:requests:rate1m", "{{lychd_engine}}"]],
         },
         {
           title: "Requests running and waiting",
           unit: "short",
           targets: [
-            ["lychd:requests_running", "{{engine}} running"],
-            ["lychd:requests_waiting", "{{engine}} waiting"],
+            ["lychd:requests_running", "{{lychd_engine}} running"],
+            ["lychd:requests_waiting", "{{lychd_engine}} waiting"],
           ],
         },
       ],
@@ -582,8 +582,8 @@ const vessel: DashboardSpec = {
           unit: "s",
           thresholds: [1, 5],
           targets: [
-            ["lychd:time_to_first_token_seconds:p95_1m", "{{engine}} p95"],
-            ["lychd:time_to_first_token_seconds:avg_1m", "{{engine}} avg"],
+            ["lychd:time_to_first_token_seconds:p95_1m", "{{lychd_engine}} p95"],
+            ["lychd:time_to_first_token_seconds:avg_1m", "{{lychd_engine}} avg"],
           ],
         },
         {
@@ -591,8 +591,8 @@ const vessel: DashboardSpec = {
           unit: "s",
           thresholds: [0.1, 0.25],
           targets: [
-            ["lychd:inter_token_latency_seconds:p95_1m", "{{engine}} p95"],
-            ["lychd:inter_token_latency_seconds:avg_1m", "{{engine}} avg"],
+            ["lychd:inter_token_latency_seconds:p95_1m", "{{lychd_engine}} p95"],
+            ["lychd:inter_token_latency_seconds:avg_1m", "{{lychd_engine}} avg"],
           ],
         },
         {
@@ -600,8 +600,8 @@ const vessel: DashboardSpec = {
           unit: "s",
           thresholds: [30, 120],
           targets: [
-            ["lychd:e2e_request_latency_seconds:p95_1m", "{{engine}} p95"],
-            ["lychd:e2e_request_latency_seconds:avg_1m", "{{engine}} avg"],
+            ["lychd:e2e_request_latency_seconds:p95_1m", "{{lychd_engine}} p95"],
+            ["lychd:e2e_request_latency_seconds:avg_1m", "{{lychd_engine}} avg"],
           ],
         },
       ],
@@ -613,8 +613,8 @@ const vessel: DashboardSpec = {
           title: "Tokens per second",
           unit: "short",
           targets: [
-            ["lychd:prompt_tokens:rate1m", "{{engine}} prompt"],
-            ["lychd:generation_tokens:rate1m", "{{engine}} generated"],
+            ["lychd:prompt_tokens:rate1m", "{{lychd_engine}} prompt"],
+            ["lychd:generation_tokens:rate1m", "{{lychd_engine}} generated"],
           ],
         },
       ],
@@ -627,13 +627,13 @@ const vessel: DashboardSpec = {
           unit: "percentunit",
           max: 1,
           thresholds: [0.8, 0.95],
-          targets: [["lychd:kv_cache_usage_ratio", "{{engine}}"]],
+          targets: [["lychd:kv_cache_usage_ratio", "{{lychd_engine}}"]],
         },
         {
           title: "Prefix-cache hit rate",
           unit: "percentunit",
           max: 1,
-          targets: [["lychd:prefix_cache_hit_ratio:rate1m", "{{engine}}"]],
+          targets: [["lychd:prefix_cache_hit_ratio:rate1m", "{{lychd_engine}}"]],
         },
       ],
     },

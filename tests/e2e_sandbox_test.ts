@@ -196,7 +196,7 @@ Deno.test({
           const servingIs = async (engine: string) => {
             for (let i = 0; i < 60; i++) {
               const r = await query("lychd:engine_serving");
-              if (r.length === 1 && r[0].metric.engine === engine) return true;
+              if (r.length === 1 && r[0].metric.lychd_engine === engine) return true;
               await new Promise((r) => setTimeout(r, 500));
             }
             return false;

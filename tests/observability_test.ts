@@ -107,7 +107,9 @@ for (const engine of ENGINES) {
           assertEquals(await hasData(prom, expr), false, `${expr} must stay absent for ${engine}`);
         }
         for (const t of overview.filter((t) => t.expr.startsWith("lychd:"))) {
-          for (const s of await prom.query(t.expr)) assertEquals(s.metric.engine, engine, t.expr);
+          for (const s of await prom.query(t.expr)) {
+            assertEquals(s.metric.lychd_engine, engine, t.expr);
+          }
         }
 
         for (const other of ENGINES.filter((e) => e !== engine)) {
@@ -141,7 +143,7 @@ Deno.test({
       const t0 = Date.now() / 1000;
       assertDeep(
         await waitForData(prom, [
-          'lychd:engine_serving{engine="vllm"}',
+          'lychd:engine_serving{lychd_engine="vllm"}',
           "lychd:generation_tokens:rate1m",
         ]),
         [],
@@ -149,14 +151,14 @@ Deno.test({
       await new Promise((r) => setTimeout(r, 2000));
       const swapAt = Date.now() / 1000;
       serve("llama");
-      assertDeep(await waitForData(prom, ['lychd:engine_serving{engine="llama"}']), []);
+      assertDeep(await waitForData(prom, ['lychd:engine_serving{lychd_engine="llama"}']), []);
       await new Promise((r) => setTimeout(r, 3000));
       const end = Date.now() / 1000;
 
       const serving = await prom.queryRange("lychd:engine_serving", t0 - 1, end, 1);
-      assertDeep(serving.map((s) => s.metric.engine).sort(), ["llama", "vllm"]);
+      assertDeep(serving.map((s) => s.metric.lychd_engine).sort(), ["llama", "vllm"]);
       const span = (e: string) => {
-        const values = serving.find((s) => s.metric.engine === e)!.values.map((v) => v[0]);
+        const values = serving.find((s) => s.metric.lychd_engine === e)!.values.map((v) => v[0]);
         return [Math.min(...values), Math.max(...values)];
       };
       const [, vllmLast] = span("vllm");
@@ -168,9 +170,11 @@ Deno.test({
       assert(llamaFirst >= swapAt - 1, "llama marked serving before the swap");
       assert(llamaLast >= end - 2, "llama not serving at the end");
       // Current state: only llama serves; the generated-token history holds both engines.
-      assertDeep((await prom.query("lychd:engine_serving")).map((s) => s.metric.engine), ["llama"]);
+      assertDeep((await prom.query("lychd:engine_serving")).map((s) => s.metric.lychd_engine), [
+        "llama",
+      ]);
       const tokens = await prom.queryRange("lychd:generation_tokens:rate1m", t0 - 1, end, 1);
-      assertDeep(tokens.map((s) => s.metric.engine).sort(), ["llama", "vllm"]);
+      assertDeep(tokens.map((s) => s.metric.lychd_engine).sort(), ["llama", "vllm"]);
       const up = await prom.queryRange('up{job="soulstone"}', t0 - 1, end, 1);
       assert(
         up.length === 1 && up[0].values.every((v) => v[1] === "1"),

@@ -41,3 +41,13 @@ Deno.test("readiness: healthy but serving another model is not ready", async () 
   assertEquals(p.state, "wrong-model");
   assertEquals(p.detail, "serves /models/tiny-llama.gguf, not org/expected");
 });
+
+Deno.test("readiness: a real vLLM /v1/models body (ModelCard with permission list) names its model", () => {
+  const body = Deno.readTextFileSync(
+    new URL(
+      "./fixtures/captures/vllm-omni-2025-12-issue414-v1-models/v1-models.json",
+      import.meta.url,
+    ),
+  );
+  assertDeep(modelIds(body), ["Qwen/Qwen2.5-Omni-7B"]);
+});
