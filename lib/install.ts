@@ -66,14 +66,14 @@ export interface Prepared {
 /**
  * Re-render the units from the setup's lychd.yaml text with some keys changed (swap: `active`),
  * write them and daemon-reload if anything changed. Refuses, writing nothing, if a file was
- * edited. Returns the paths that changed.
+ * edited. Returns what changed.
  */
 export async function installUnits(
   host: Host,
   setup: Setup,
   text: string,
   overrides: Override[],
-): Promise<{ changed: string[] }> {
+): Promise<{ changed: Change[] }> {
   const loaded = resolveConfig(text, setup.configPath, overrides);
   const prepared = await prepare(host, setup, loaded, null, false);
   const conflict = conflictError(prepared.changes);
@@ -82,8 +82,7 @@ export async function installUnits(
       `${conflict.message}\nRun \`${lychdLine(setup, "init")}\` to see and resolve this first.`,
     );
   }
-  const changed = prepared.changes.filter((c) => ["create", "update", "remove"].includes(c.action))
-    .map((c) => c.path);
+  const changed = prepared.changes.filter((c) => ["create", "update", "remove"].includes(c.action));
   if (changed.length === 0) return { changed };
   await applyChanges(
     prepared.changes,

@@ -139,6 +139,17 @@ const REJECTED: Rejected[] = [
     error: /cartridges\.\.\.\/x: engine name "\.\.\/x" is not allowed/,
   },
   {
+    name: "local model path with ..",
+    input: f("--model", "llama=/models/../etc/x.gguf"),
+    error:
+      /cartridges\.llama\.model: a local model file's path must not contain "\." or "\.\." parts/,
+  },
+  {
+    name: "local model path with a % specifier",
+    input: f("--model", "llama=/models/%h.gguf"),
+    error: /cartridges\.llama\.model: a local model file's path must be an absolute path/,
+  },
+  {
     name: "GPU with a shell metacharacter",
     input: f("--gpu", "nvidia:0;rm -rf /"),
     error: /is not a list of distinct GPU indexes/,

@@ -82,12 +82,15 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   const previous = running.find((e) => e.name !== target.name) ?? null;
   const targetRuns = running.some((e) => e.name === target.name);
 
-  // Re-render with the target as the boot engine first: if its unit changes (or changed since it
-  // started, through init), a running target must be restarted, or it keeps its old settings.
+  // Re-render with the target as the boot engine first: if its unit changes now (lychd.yaml was
+  // edited) or changed after it started (through init), a running target must be restarted, or
+  // it keeps serving with its old settings. Moving [Install] (the boot engine) needs no restart.
+  const writtenBefore = await startedBefore(host, unitFile, states[soulstoneService(target.name)]);
   const { changed } = await installUnits(host, setup, text, activeIs(target.name, bootBefore));
+  const own = changed.find((c) => c.path === unitFile);
   const stale = targetRuns && !previous &&
-    (changed.includes(unitFile) ||
-      await startedBefore(host, unitFile, states[soulstoneService(target.name)]));
+    (writtenBefore ||
+      (own !== undefined && withoutInstall(own.before) !== withoutInstall(own.file?.content)));
   if (targetRuns && !previous && !stale) {
     const p = await probe(host, target);
     if (p.state === "ready") {
@@ -192,6 +195,11 @@ async function startedBefore(
   const since = parseTimestamp(props?.ActiveEnterTimestamp);
   const written = await host.modifiedAt(unitFile);
   return since !== null && written !== null && written > since;
+}
+
+/** A unit's text without its [Install] section, which only says when systemd starts it. */
+function withoutInstall(text: string | null | undefined): string {
+  return (text ?? "").replace(/\n(#[^\n]*\n)*\[Install\][\s\S]*$/, "\n").trimEnd();
 }
 
 type Outcome = { ok: true; report: string } | { ok: false; reason: string };

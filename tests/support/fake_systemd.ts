@@ -1,8 +1,10 @@
 /**
  * systemd, Podman and the engines in miniature, for fast unit tests of swap/status/stop/doctor
- * on a FakeHost: `systemctl start` of a soulstone stops the others first (Conflicts= + After=),
- * engines become ready on the fake clock as scripted, and /health and /v1/models answer from
- * the engine that is active. The real thing is tested in e2e_sandbox_test.ts.
+ * on a FakeHost: `systemctl start` of a soulstone stops exactly the units its unit file names in
+ * Conflicts= (a unit without them stops nothing, and the swap tests fail), engines become ready
+ * on the fake clock as scripted, and /health and /v1/models answer from the engine that is
+ * active, with the model it was started with. A container keeps the stop timeout its unit had
+ * when it started, as Podman does. The real thing is tested in e2e_sandbox_test.ts.
  */
 import type { HttpResult, RunResult } from "../../lib/host.ts";
 import { FakeHost } from "./fake_host.ts";
@@ -19,15 +21,22 @@ export interface EngineScript {
   dieMs?: number;
   /** Ignores SIGTERM: stopping it takes the stop timeout, then it is killed (exit 137). */
   stuckStopMs?: number;
+  /** With dieMs: systemd restarts it (Restart=on-failure): activating (auto-restart), NRestarts. */
+  restarts?: boolean;
 }
 
 interface Unit {
-  state: "active" | "inactive" | "failed";
+  state: "active" | "activating" | "inactive" | "failed";
   since: number;
   inactiveEnter: number | null;
   activeEnter: number | null;
   result: string;
   execMainStatus: string;
+  /** What the running instance was started with. */
+  model: string | null;
+  stopTimeoutSec: number | null;
+  nRestarts: number;
+  autoRestart: boolean;
 }
 
 export class FakeSystemd {
@@ -59,18 +68,40 @@ export class FakeSystemd {
         activeEnter: null,
         result: "success",
         execMainStatus: "0",
+        model: null,
+        stopTimeoutSec: null,
+        nRestarts: 0,
+        autoRestart: false,
       });
     }
     return this.units.get(name)!;
   }
 
+  /** The unit file lychd wrote for a service, if any. */
+  unitFile(name: string): string | null {
+    const file = name.replace(/\.service$/, ".container");
+    const path = [...this.host.files.keys()].find((p) => p.endsWith(`/containers/systemd/${file}`));
+    return path ? this.host.text(path) : null;
+  }
+
+  /** Conflicts= of the unit file, as systemd reads it. */
+  conflicts(name: string): string[] {
+    const text = this.unitFile(name) ?? "";
+    return [...text.matchAll(/^Conflicts=(.*)$/gm)].flatMap((m) => m[1].trim().split(/\s+/));
+  }
+
   activate(name: string) {
     const u = this.unit(name);
+    const script = this.engines[name.replace(/^soulstone-|\.service$/g, "")];
+    const stop = (this.unitFile(name) ?? "").match(/--stop-timeout=(\d+)/);
     Object.assign(u, {
       state: "active",
       since: this.host.clock,
       activeEnter: this.host.clock,
       result: "success",
+      model: script?.model ?? null,
+      stopTimeoutSec: stop ? Number(stop[1]) : null,
+      autoRestart: false,
     });
   }
 
@@ -83,22 +114,56 @@ export class FakeSystemd {
       this.host.clock - u.since >= script.dieMs
     ) {
       Object.assign(u, {
-        state: "failed",
+        state: script.restarts ? "activating" : "failed",
         inactiveEnter: u.since + script.dieMs,
         result: "exit-code",
         execMainStatus: "1",
+        autoRestart: script.restarts === true,
+        nRestarts: u.nRestarts + (script.restarts ? 1 : 0),
       });
     }
     return u;
   }
 
-  stop(name: string) {
+  /** podman stop --time N: SIGTERM, then SIGKILL after N s; the unit's main process exits. */
+  podmanStop(name: string, seconds: number) {
     const u = this.state(name);
     if (u.state !== "active") return;
     const script = this.engines[name.replace(/^soulstone-|\.service$/g, "")];
     if (script?.stuckStopMs) {
-      this.host.clock += script.stuckStopMs;
+      this.host.clock += seconds * 1000;
       Object.assign(u, { state: "failed", result: "exit-code", execMainStatus: "137" });
+    } else {
+      this.host.clock += 300;
+      Object.assign(u, { state: "inactive", result: "success", execMainStatus: "0" });
+    }
+    u.inactiveEnter = this.host.clock;
+  }
+
+  stop(name: string) {
+    const u = this.state(name);
+    if (u.state === "activating") {
+      // A pending automatic restart is cancelled.
+      Object.assign(u, { state: "inactive", autoRestart: false, inactiveEnter: this.host.clock });
+      return;
+    }
+    if (u.state !== "active") return;
+    const script = this.engines[name.replace(/^soulstone-|\.service$/g, "")];
+    if (script?.stuckStopMs) {
+      // Podman's stop timeout (fixed when the container started), else systemd's TimeoutStopSec
+      // (read from the unit now) kills it, whichever comes first.
+      const systemdSec = Number(
+        (this.unitFile(name) ?? "").match(/^TimeoutStopSec=(\d+)/m)?.[1] ?? 90,
+      );
+      const ms = Math.min(script.stuckStopMs, (u.stopTimeoutSec ?? 10) * 1000, systemdSec * 1000);
+      const bySystemd =
+        systemdSec * 1000 < Math.min(script.stuckStopMs, (u.stopTimeoutSec ?? 10) * 1000);
+      this.host.clock += ms;
+      Object.assign(u, {
+        state: "failed",
+        result: bySystemd ? "timeout" : "exit-code",
+        execMainStatus: "137",
+      });
     } else {
       this.host.clock += 300;
       Object.assign(u, { state: "inactive", result: "success", execMainStatus: "0" });
@@ -120,6 +185,16 @@ export class FakeSystemd {
       if (args[0] === "image" && args[1] === "exists") {
         return { code: this.missingImages.has(args[2]) ? 1 : 0, stdout: "", stderr: "" };
       }
+      if (args[0] === "container" && args[1] === "inspect") {
+        const u = this.unit(`${args.at(-1)}.service`);
+        return u.state === "active" && u.stopTimeoutSec !== null
+          ? ok(`${u.stopTimeoutSec}\n`)
+          : { code: 125, stdout: "", stderr: "Error: no such container" };
+      }
+      if (args[0] === "stop") {
+        this.podmanStop(`${args.at(-1)}.service`, Number(args[args.indexOf("--time") + 1]));
+        return ok();
+      }
       if (args[0] === "image" && args[1] === "inspect") {
         return this.missingImages.has(args.at(-1)!)
           ? { code: 125, stdout: "", stderr: "Error: no such image" }
@@ -140,11 +215,15 @@ export class FakeSystemd {
       case "stop":
         for (const n of a.slice(1)) this.stop(n);
         return ok();
+      case "restart":
+        this.stop(a[1]);
+        this.host.clock += 200;
+        this.activate(a[1]);
+        return ok();
       case "start": {
         const name = a[1];
-        for (const other of this.units.keys()) {
-          if (other !== name && other.startsWith("soulstone-")) this.stop(other);
-        }
+        // Conflicts= from the unit file: what systemd stops before starting this one.
+        for (const other of this.conflicts(name)) this.stop(other);
         const script = this.engines[name.replace(/^soulstone-|\.service$/g, "")];
         if (script?.failStart) {
           Object.assign(this.unit(name), {
@@ -181,7 +260,14 @@ export class FakeSystemd {
     const values: Record<string, string> = {
       Id: name,
       ActiveState: u.state,
-      SubState: u.state === "active" ? "running" : u.state === "failed" ? "failed" : "dead",
+      SubState: u.autoRestart
+        ? "auto-restart"
+        : u.state === "active"
+        ? "running"
+        : u.state === "failed"
+        ? "failed"
+        : "dead",
+      NRestarts: String(u.nRestarts),
       ActiveEnterTimestamp: stamp(u.activeEnter),
       InactiveEnterTimestamp: stamp(u.inactiveEnter),
       Result: u.result,
@@ -209,7 +295,7 @@ export class FakeSystemd {
     if (url.endsWith("/v1/models")) {
       return {
         status: 200,
-        body: JSON.stringify({ object: "list", data: [{ id: script.model }] }),
+        body: JSON.stringify({ object: "list", data: [{ id: this.unit(active).model }] }),
       };
     }
     return ready ? { status: 200, body: '{"status":"ok"}' } : {
