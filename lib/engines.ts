@@ -1,6 +1,6 @@
 /**
  * The built-in cartridges as data. Everything engine-specific that the unit model needs lives
- * here; nothing else in lychd knows an engine by name. Facts and sources: engines.md.
+ * here; nothing else in lychd knows an engine by name. Facts and sources: docs/engines.md.
  */
 
 export type GpuVendor = "nvidia" | "amd" | "cpu";
@@ -22,7 +22,7 @@ export interface Cartridge {
   defaultModel: string;
   /** The words after the image (Quadlet `Exec=`), metrics switched on, listening on `port`. */
   command(model: string): string[];
-  /** PyTorch engines need a large /dev/shm for tensor-parallel workers (engines.md §1.4). */
+  /** PyTorch engines need a large /dev/shm for tensor-parallel workers (docs/engines.md §1.4). */
   ipcHost: boolean;
   /** Where the engine looks for Hugging Face downloads inside the container. */
   modelCacheTarget: string;

@@ -57,8 +57,9 @@ Files (user mode; --system in parentheses):
   data    ~/.local/share/lychd/            (/var/lib/lychd/)
   config  ~/.config/lychd/lychd.yaml       (/etc/lychd/lychd.yaml)
 
-Exit codes: 0 done, 1 refused (e.g. a conflict), 2 bad flags or config,
-3 files written but systemd not reloaded.
+Exit codes: 0 done, 1 refused (e.g. a conflict), 2 bad flags or config (or --config
+names another file than the installed units came from), 3 files written but systemd
+not reloaded. init records lychd.yaml's path; later commands use it without --config.
 `,
   render: `Usage: lychd render --out DIR [options]
 
@@ -76,7 +77,8 @@ ${CONFIG_FLAGS}
 };
 
 const SETUP = `  --system       the root setup (/etc/containers/systemd) instead of the user's
-  --config FILE  lychd.yaml to read (default: the mode's usual place)`;
+  --config FILE  lychd.yaml to read (default: the one init recorded, else the mode's
+                 usual place); another file than the recorded one is refused`;
 
 Object.assign(HELP, {
   swap: `Usage: lychd swap ENGINE [--timeout DURATION] [--no-wait] [--no-rollback]
@@ -94,8 +96,9 @@ Options:
   --no-rollback       on failure, leave things as they are
 ${SETUP}
 
-Exit codes: 0 ENGINE serves (or already did); 1 the swap failed and the previous engine
-serves again; 2 bad arguments; 4 the swap failed and nothing serves.
+Exit codes: 0 ENGINE serves (or already did); 1 nothing was changed (e.g. its image is
+missing); 2 bad arguments; 4 the swap failed and nothing serves; 5 the swap failed and
+the previous engine serves again; 8 systemd cannot be reached.
 `,
   status: `Usage: lychd status [--json]
 
@@ -103,7 +106,8 @@ Every soulstone's unit state, which one is active and whether it is healthy (its
 path and /v1/models on 127.0.0.1:8081), the model(s) it serves, the harvester and scribe
 with their URLs. --json prints the same as a stable, versioned object (README).
 
-Exit codes: 0 an engine is active and healthy; 1 active but not healthy; 3 none active.
+Exit codes: 0 an engine is active and healthy; 6 active but not healthy; 7 none active;
+8 systemd cannot be reached.
 ${SETUP}
 `,
   stop: `Usage: lychd stop [--all]

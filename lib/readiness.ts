@@ -1,7 +1,7 @@
 /**
  * Is the engine on port 8081 really serving? Its health path must answer 200, and then
- * /v1/models must list the configured model. Engines differ in how they get there (engines.md,
- * ../shared/fixtures/llama.cpp-b10587): llama.cpp opens its port before loading and answers 503
+ * /v1/models must list the configured model. Engines differ in how they get there (docs/engines.md,
+ * tests/fixtures/llama.cpp-b10587): llama.cpp opens its port before loading and answers 503
  * "Loading model" (or, with a small model, goes from refused straight to 200); SGLang lists
  * /v1/models before /health is 200; vLLM opens its port only when ready.
  */

@@ -3,7 +3,7 @@
  * and embedded into lychd; tests/dashboards_test.ts checks they match this script's output,
  * so edit here and run `deno task dashboards`.
  *
- * Metric names: engines.md and the llama.cpp fixtures captured from a real server.
+ * Metric names: docs/engines.md and the llama.cpp fixtures captured from a real server.
  */
 const DATASOURCE = { type: "prometheus", uid: "lychd-prometheus" };
 const RI = "$__rate_interval";

@@ -1,5 +1,6 @@
 /** `lychd init` and `lychd render` end to end: the real CLI, real files, fake systemctl/podman. */
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import { EXIT } from "../lib/exit.ts";
 import { lychdArgs, sandbox, testEnv } from "./support/cli.ts";
 
 const UNITS = ".config/containers/systemd";
@@ -219,7 +220,7 @@ Deno.test("init: systemctl missing or failing leaves the files written and says 
   try {
     await sb.fake("systemctl", 1);
     const r = await sb.run(["init"]);
-    assertEquals(r.code, 3);
+    assertEquals(r.code, EXIT.NOT_RELOADED);
     assertMatch(
       r.stderr,
       /files are written, but `systemctl --user daemon-reload` failed \(systemctl daemon-reload failed: exit 1/,
@@ -229,7 +230,7 @@ Deno.test("init: systemctl missing or failing leaves the files written and says 
     await Deno.remove(`${sb.bin}/systemctl`);
     await Deno.remove(`${sb.bin}/podman`);
     const r2 = await sb.run(["init", "--model", "vllm=org/x"], { PATH: `${sb.bin}:/nonexistent` });
-    assertEquals(r2.code, 3);
+    assertEquals(r2.code, EXIT.NOT_RELOADED);
     assertMatch(r2.stderr, /podman not found.*podman secret create lychd-grafana-admin/s);
     assertMatch(r2.stderr, /systemctl not found/);
   } finally {

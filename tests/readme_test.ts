@@ -19,3 +19,15 @@ Deno.test("README and --help document every command and flag of the parser", () 
     }
   }
 });
+
+Deno.test("README's exit-code table is lib/exit.ts's, row for row", async () => {
+  const { EXIT_TABLE } = await import("../lib/exit.ts");
+  const section = README.slice(README.indexOf("## Exit codes"), README.indexOf("## Configuration"));
+  const rows = [...section.matchAll(/^\| (\d+) +\| `([A-Z_]+)` +\|/gm)].map((
+    m,
+  ) => [Number(m[1]), m[2]]);
+  assert(
+    JSON.stringify(rows) === JSON.stringify(EXIT_TABLE.map(([code, name]) => [code, name])),
+    `README ${JSON.stringify(rows)} vs lib/exit.ts`,
+  );
+});
