@@ -13,7 +13,12 @@ import { denoHost } from "../lib/host.ts";
 import { locations } from "../lib/paths.ts";
 import { printable } from "../lib/text.ts";
 import { assert, assertDeep, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
-import { type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
+import {
+  engineOverrides,
+  type EngineScript,
+  FakeSystemd,
+  installedSystemd,
+} from "./support/fake_systemd.ts";
 
 const CONFIG = "/home/ada/.config/lychd/lychd.yaml";
 const setup = { system: false, configPath: null, overrides: [] as Override[] };
@@ -26,33 +31,8 @@ function engines(): Record<string, EngineScript> {
   };
 }
 
-function overridesFor(e: Record<string, EngineScript>, active: string): Override[] {
-  return [
-    { path: ["engines"], value: Object.keys(e), flag: "--engines" },
-    ...Object.entries(e).map(([n, s]) => ({
-      path: ["cartridges", n, "model"],
-      value: s.model,
-      flag: "--model",
-    })),
-    { path: ["active"], value: active, flag: "--active" },
-  ];
-}
-
-async function installed(e: Record<string, EngineScript>, active: string, system = false) {
-  const fs = new FakeSystemd(e, {}, null);
-  const code = await init(fs.host, {
-    config: { ...setup, system, overrides: overridesFor(e, active) },
-    dryRun: false,
-    force: false,
-    reload: true,
-  });
-  assertEquals(code, EXIT.OK, fs.host.stderr);
-  fs.activate(`soulstone-${active}.service`);
-  fs.host.calls = [];
-  fs.host.stdout = "";
-  fs.host.stderr = "";
-  return fs;
-}
+const overridesFor = engineOverrides;
+const installed = installedSystemd;
 
 function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
   return { config: setup, engine, timeoutSec: null, wait: true, rollback: true, ...extra };
@@ -121,18 +101,10 @@ Deno.test("18: stop_timeout lowered while the engine runs: swap stops it with th
   e.vllm.stuckStopMs = 120_000;
   const fs = await installed(e, "vllm");
   // The running container was created with vLLM's 30 s; the user lowers it to 2 s.
-  const text = fs.host.text(CONFIG)! + "  vllm:\n    stop_timeout: 2s\n";
-  const config = text.replace(/\ncartridges:\n/, "\ncartridges:\n");
-  await fs.host.writeFileAtomic(
-    CONFIG,
-    new TextEncoder().encode(
-      config.replace(
-        /(\n {2}vllm:\n {4}model: [^\n]+\n)([\s\S]*) {2}vllm:\n {4}stop_timeout: 2s\n$/,
-        "$1    stop_timeout: 2s\n$2",
-      ),
-    ),
-    0o600,
-  );
+  const before = fs.host.text(CONFIG)!;
+  const text = before.replace(/(\n {2}vllm:\n {4}model: [^\n]+\n)/, "$1    stop_timeout: 2s\n");
+  assert(text !== before, "stop_timeout was not added to lychd.yaml");
+  await fs.host.writeFileAtomic(CONFIG, new TextEncoder().encode(text), 0o600);
   assertEquals(
     await init(fs.host, { config: setup, dryRun: false, force: false, reload: true }),
     EXIT.OK,

@@ -3,7 +3,6 @@
  * path of a swap, on a fake clock. The same commands run under real systemd in
  * e2e_sandbox_test.ts.
  */
-import { init } from "../lib/commands/init.ts";
 import { status } from "../lib/commands/status.ts";
 import { stop } from "../lib/commands/stop.ts";
 import { logs } from "../lib/commands/logs.ts";
@@ -12,38 +11,14 @@ import type { Override } from "../lib/config/yaml.ts";
 import { LychdError } from "../lib/errors.ts";
 import { EXIT } from "../lib/exit.ts";
 import { assert, assertDeep, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
-import { type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
+import { type EngineScript, installedSystemd } from "./support/fake_systemd.ts";
 
 const UNITS = "/home/ada/.config/containers/systemd";
 const CONFIG = "/home/ada/.config/lychd/lychd.yaml";
 const setup = { system: false, configPath: null, overrides: [] as Override[] };
 
-async function installed(engines: Record<string, EngineScript>, active: string | null) {
-  const fs = new FakeSystemd(engines, {}, null);
-  const overrides: Override[] = [
-    { path: ["engines"], value: Object.keys(engines), flag: "--engines" },
-    ...Object.entries(engines).map(([e, s]) => ({
-      path: ["cartridges", e, "model"],
-      value: s.model,
-      flag: "--model",
-    })),
-    ...(active ? [{ path: ["active"], value: active, flag: "--active" }] : []),
-  ];
-  assertEquals(
-    await init(fs.host, {
-      config: { ...setup, overrides },
-      dryRun: false,
-      force: false,
-      reload: true,
-    }),
-    0,
-  );
-  if (active) fs.activate(`soulstone-${active}.service`);
-  fs.host.calls = [];
-  fs.host.stdout = "";
-  fs.host.stderr = "";
-  return fs;
-}
+const installed = (engines: Record<string, EngineScript>, active: string | null) =>
+  installedSystemd(engines, active);
 
 function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
   return { config: setup, engine, timeoutSec: null, wait: true, rollback: true, ...extra };

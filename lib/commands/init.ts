@@ -84,7 +84,7 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
     code = await pullFor(host, loc, loaded.config, [], false);
   }
   const running = await runningEngine(host, setup, loaded.config);
-  await startWatchers(host, setup, loaded.config, prepared);
+  await startWatchers(host, setup, prepared);
   const active = loaded.config.active;
   if (running && changedUnit(prepared, running)) {
     host.out(
@@ -136,12 +136,7 @@ function changedUnit(prepared: Prepared, engine: string): boolean {
  * wait for the next boot) and restarts one whose files changed. One that cannot start yet (its
  * image is not here) is reported with the fix; it does not fail init.
  */
-async function startWatchers(
-  host: Host,
-  setup: Setup,
-  config: LychdConfig,
-  prepared: Prepared,
-): Promise<void> {
+async function startWatchers(host: Host, setup: Setup, prepared: Prepared): Promise<void> {
   const loc = setup.loc;
   const units = prepared.loaded.plan.files.filter((f) => f.root === "quadlet");
   const watchers = [
@@ -192,7 +187,6 @@ async function startWatchers(
       );
     }
   }
-  void config;
 }
 
 function dryRun(host: Host, setup: Setup, prepared: Prepared): number {

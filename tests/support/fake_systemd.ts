@@ -7,6 +7,8 @@
  * when it started, as Podman does. The real thing is tested in e2e_sandbox_test.ts.
  */
 import type { HttpResult, RunResult } from "../../lib/host.ts";
+import { init } from "../../lib/commands/init.ts";
+import type { Override } from "../../lib/config/yaml.ts";
 import { FakeHost } from "./fake_host.ts";
 
 export interface EngineScript {
@@ -311,4 +313,41 @@ function stamp(ms: number | null): string {
   const iso = d.toISOString(); // 2026-11-26T08:43:21.123Z
   const micros = String(Math.round((ms % 1000) * 1000)).padStart(6, "0");
   return `Thu ${iso.slice(0, 10)} ${iso.slice(11, 19)}.${micros} UTC`;
+}
+
+/** `engines` installed by a real `lychd init` on a FakeSystemd, `active` running; the logs emptied. */
+export async function installedSystemd(
+  engines: Record<string, EngineScript>,
+  active: string | null,
+  system = false,
+): Promise<FakeSystemd> {
+  const fs = new FakeSystemd(engines, {}, null);
+  const code = await init(fs.host, {
+    config: { system, configPath: null, overrides: engineOverrides(engines, active) },
+    dryRun: false,
+    force: false,
+    reload: true,
+  });
+  if (code !== 0) throw new Error(`init failed (${code}): ${fs.host.stderr}`);
+  if (active) fs.activate(`soulstone-${active}.service`);
+  fs.host.calls = [];
+  fs.host.stdout = "";
+  fs.host.stderr = "";
+  return fs;
+}
+
+/** The init flags for `engines`: their list, their models and the boot engine. */
+export function engineOverrides(
+  engines: Record<string, EngineScript>,
+  active: string | null,
+): Override[] {
+  return [
+    { path: ["engines"], value: Object.keys(engines), flag: "--engines" },
+    ...Object.entries(engines).map(([e, s]) => ({
+      path: ["cartridges", e, "model"],
+      value: s.model,
+      flag: "--model",
+    })),
+    ...(active ? [{ path: ["active"], value: active, flag: "--active" }] : []),
+  ];
 }
