@@ -6,80 +6,86 @@ import { parseCommand } from "./lib/cli.ts";
 import { LychdError } from "./lib/errors.ts";
 import { helpText } from "./lib/help.ts";
 import { EXIT } from "./lib/exit.ts";
-import { denoHost } from "./lib/host.ts";
+import { denoHost, type Host } from "./lib/host.ts";
 import { versionLine } from "./lib/version.ts";
 
-async function main(argv: string[]): Promise<number> {
+async function dispatch(argv: string[], host: Host): Promise<number> {
   const command = parseCommand(argv);
   switch (command.kind) {
     case "help": {
       const text = helpText(command.topic);
       if (text === null) throw new LychdError(`no help for "${command.topic}"`, EXIT.USAGE);
-      denoHost.out(text);
+      host.out(text);
       return EXIT.OK;
     }
     case "version":
-      denoHost.out(`${versionLine()}\n`);
+      host.out(`${versionLine()}\n`);
       return EXIT.OK;
     case "init": {
       const { init } = await import("./lib/commands/init.ts");
-      return await init(denoHost, command);
+      return await init(host, command);
     }
     case "render": {
       const { render } = await import("./lib/commands/init.ts");
-      return await render(denoHost, command);
+      return await render(host, command);
     }
     case "swap": {
       const { swap } = await import("./lib/commands/swap.ts");
-      return await swap(denoHost, command);
+      return await swap(host, command);
     }
     case "status": {
       const { status } = await import("./lib/commands/status.ts");
-      return await status(denoHost, command);
+      return await status(host, command);
     }
     case "stop": {
       const { stop } = await import("./lib/commands/stop.ts");
-      return await stop(denoHost, command);
+      return await stop(host, command);
     }
     case "logs": {
       const { logs } = await import("./lib/commands/logs.ts");
-      return await logs(denoHost, command);
+      return await logs(host, command);
     }
     case "uninstall": {
       const { uninstall } = await import("./lib/commands/uninstall.ts");
-      return await uninstall(denoHost, command);
+      return await uninstall(host, command);
     }
     case "pull": {
       const { pull } = await import("./lib/commands/pull.ts");
-      return await pull(denoHost, command);
+      return await pull(host, command);
     }
     case "completions": {
       const { completionScript } = await import("./lib/commands/completions.ts");
-      denoHost.out(completionScript(command.shell));
+      host.out(completionScript(command.shell));
       return EXIT.OK;
     }
     case "doctor": {
       const { doctor } = await import("./lib/commands/doctor.ts");
-      return await doctor(denoHost, command);
+      return await doctor(host, command);
     }
   }
 }
 
-if (import.meta.main) {
+/**
+ * Run one lychd command on `host` and return its exit code: lychd's own errors become their
+ * message and code. The compiled binary passes the real host; tests may wrap it.
+ */
+export async function main(argv: string[], host: Host): Promise<number> {
   try {
-    Deno.exitCode = await main(Deno.args);
+    return await dispatch(argv, host);
   } catch (e) {
     if (e instanceof LychdError) {
-      denoHost.err(`lychd: ${e.message}\n`);
-      Deno.exitCode = e.exitCode;
-    } else if (e instanceof Deno.errors.NotCapable) {
-      denoHost.err(
+      host.err(`lychd: ${e.message}\n`);
+      return e.exitCode;
+    }
+    if (e instanceof Deno.errors.NotCapable) {
+      host.err(
         `lychd: ${(e as Error).message}\nlychd's permission set does not allow this ` +
           '(see README, "Permissions").\n',
       );
-      Deno.exitCode = EXIT.FAILED;
-    } else {
-      throw e;
+      return EXIT.FAILED;
     }
+    throw e;
   }
 }
+
+if (import.meta.main) Deno.exitCode = await main(Deno.args, denoHost);

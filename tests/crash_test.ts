@@ -6,9 +6,10 @@
  */
 import { sha256 } from "../lib/apply.ts";
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
-import { lychdArgs, sandbox, testEnv } from "./support/cli.ts";
+import { lychdArgs, pausedLychdArgs, sandbox, testEnv } from "./support/cli.ts";
 
 const RUNS = Number(Deno.env.get("LYCHD_CRASH_RUNS") ?? 100);
+const PAUSE_MS = 25;
 const NEW = [
   "--model",
   "vllm=org/new-a",
@@ -18,7 +19,7 @@ const NEW = [
   "llama=org/new-c:Q4",
 ];
 
-Deno.test(`crash: ${RUNS} SIGKILLs at random moments of init never leave a half-written file`, async () => {
+Deno.test(`crash: ${RUNS} SIGKILLs during init, most aimed between two writes, never leave a half-written file`, async () => {
   const sb = await sandbox();
   try {
     assertEquals((await sb.run(["init"])).code, 0);
@@ -36,14 +37,19 @@ Deno.test(`crash: ${RUNS} SIGKILLs at random moments of init never leave a half-
       }
     };
 
-    // Calibrate: how long a full run of this init takes here; the writes come near its end.
-    const spawnInit = () =>
+    // Most kills are aimed (see tests/support/paused_writes_main.ts): the child pauses after each
+    // file it replaces, and is killed just after a chosen write, so the kill lands mid-update.
+    // Every fourth kill comes at a random moment of an unpaused run, to cover kills inside a
+    // write (between the temp file and the rename) and before or after all writes.
+    const spawnInit = (pauseMs?: number) =>
       new Deno.Command(Deno.execPath(), {
-        args: lychdArgs(["init", ...NEW]),
+        args: pauseMs === undefined
+          ? lychdArgs(["init", ...NEW])
+          : pausedLychdArgs(pauseMs, ["init", ...NEW]),
         clearEnv: true,
         env: testEnv(sb),
         stdout: "null",
-        stderr: "null",
+        stderr: pauseMs === undefined ? "null" : "piped",
       }).spawn();
     const durations: number[] = [];
     for (let i = 0; i < 3; i++) {
@@ -53,18 +59,29 @@ Deno.test(`crash: ${RUNS} SIGKILLs at random moments of init never leave a half-
       durations.push(performance.now() - t0);
     }
     const full = durations.sort((a, b) => a - b)[1];
+    await restore(old);
+    const writes = await killAfterWrites(spawnInit(PAUSE_MS), Infinity);
+    assert(writes >= changed.length, `the paused run reported ${writes} writes`);
 
     let killedMidway = 0;
     let inconsistencies = 0;
     for (let i = 0; i < RUNS; i++) {
       await restore(old);
-      const child = spawnInit();
-      // Aim at the last third of the run, where the writes are.
-      await new Promise((r) => setTimeout(r, full * (0.6 + Math.random() * 0.45)));
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already exited */ }
-      await child.status;
+      if (i % 4 === 3) {
+        const child = spawnInit();
+        await new Promise((r) => setTimeout(r, full * Math.random() * 1.05));
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already exited */ }
+        await child.status;
+      } else {
+        // Two in three: between two file writes (after the intent manifest, before the final
+        // one); the rest anywhere from just after the intent to just before the final manifest.
+        const k = i % 4 === 2
+          ? 1 + Math.floor(Math.random() * (writes - 1))
+          : 2 + Math.floor(Math.random() * (writes - 3));
+        await killAfterWrites(spawnInit(PAUSE_MS), k);
+      }
 
       const disk = await sb.tree();
       const manifest = JSON.parse(disk[".local/share/lychd/manifest.json"] ?? '{"files":{}}')
@@ -106,13 +123,41 @@ Deno.test(`crash: ${RUNS} SIGKILLs at random moments of init never leave a half-
       }
     }
     console.log(
-      `  ${RUNS} kills (full run ${
-        full.toFixed(0)
-      } ms); ${killedMidway} landed between the first and the last ` +
-        `file write; inconsistencies: ${inconsistencies}`,
+      `  ${RUNS} kills (full run ${full.toFixed(0)} ms, ${writes} writes); ${killedMidway} left ` +
+        `some changed files old and others new; inconsistencies: ${inconsistencies}`,
     );
     assertEquals(inconsistencies, 0);
+    assert(
+      killedMidway >= RUNS * 0.3,
+      `only ${killedMidway} of ${RUNS} kills landed mid-update: the test proves little`,
+    );
   } finally {
     await sb.cleanup();
   }
 });
+
+/**
+ * Read a paused child's `wrote` lines; after the `n`th, wait a random part of the pause and
+ * SIGKILL it. Returns how many writes it reported (all of them if `n` is never reached).
+ */
+async function killAfterWrites(child: Deno.ChildProcess, n: number): Promise<number> {
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = 0;
+  let rest = "";
+  while (seen < n) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    const lines = (rest + value).split("\n");
+    rest = lines.pop()!;
+    seen += lines.filter((l) => l.startsWith("lychd-test: wrote ")).length;
+  }
+  if (seen >= n) {
+    await new Promise((r) => setTimeout(r, Math.random() * PAUSE_MS));
+    try {
+      child.kill("SIGKILL");
+    } catch { /* already exited */ }
+  }
+  await reader.cancel().catch(() => {});
+  await child.status;
+  return seen;
+}

@@ -302,17 +302,39 @@ Deno.test("--help, <command> --help and --version", async () => {
 Deno.test("init waits for another lychd holding the lock (a real flock), then proceeds", async () => {
   const sb = await sandbox();
   try {
-    const holder = await holdLock(`${sb.home}/${DATA}/lychd.lock`, 1500);
-    const t0 = performance.now();
-    const r = await sb.run(["init"]);
-    const waited = performance.now() - t0;
-    assertEquals(r.code, 0, r.stderr);
+    const holder = await holdLock(`${sb.home}/${DATA}/lychd.lock`);
+    const init = new Deno.Command(Deno.execPath(), {
+      args: lychdArgs(["init"]),
+      clearEnv: true,
+      env: testEnv(sb),
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // Conditions, not the clock: init says it waits, is still waiting after that, and finishes
+    // only once the holder lets go.
+    const stderr = init.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    let said = "";
+    while (!/waiting for it to finish/.test(said)) {
+      const { value, done } = await stderr.read();
+      assert(!done, `init ended without waiting: ${said}`);
+      said += value;
+    }
     assertMatch(
-      r.stderr,
+      said,
       /Another lychd command \(init or swap\) is running; waiting for it to finish/,
     );
-    assert(waited > 1000, `init did not wait (${waited} ms)`);
-    await holder.status;
+    const early = await Promise.race([
+      init.status.then(() => "init finished while the lock was held"),
+      new Promise<string>((r) => setTimeout(() => r(""), 300)),
+    ]);
+    assertEquals(early, "");
+    assertEquals(await present(`${sb.home}/${UNITS}/soulstone-vllm.container`), false);
+    await holder.release();
+    while (!(await stderr.read()).done) { /* drain */ }
+    const [status, out] = await Promise.all([init.status, new Response(init.stdout).text()]);
+    assertEquals(status.code, 0, said);
+    assertMatch(out, /created/);
+    assertEquals(await present(`${sb.home}/${UNITS}/soulstone-vllm.container`), true);
   } finally {
     await sb.cleanup();
   }
@@ -351,9 +373,9 @@ Deno.test("init: file modes are exact under umask 000 and 077", async () => {
 Deno.test("init: a lock held by a process that was SIGKILLed is free at once (flock)", async () => {
   const sb = await sandbox();
   try {
-    const holder = await holdLock(`${sb.home}/${DATA}/lychd.lock`, 60_000);
-    holder.kill("SIGKILL");
-    await holder.status;
+    const holder = await holdLock(`${sb.home}/${DATA}/lychd.lock`);
+    holder.process.kill("SIGKILL");
+    await holder.release();
     const r = await sb.run(["init"]);
     assertEquals(r.code, 0, r.stderr);
     assert(!r.stderr.includes("waiting"), "init waited for a dead process");
@@ -362,22 +384,36 @@ Deno.test("init: a lock held by a process that was SIGKILLed is free at once (fl
   }
 });
 
-/** Another process holding lychd's lock (an flock) for `ms`; resolves once it holds it. */
-async function holdLock(file: string, ms: number): Promise<Deno.ChildProcess> {
+/** Another process holding lychd's lock (an flock) until `release`; resolves once it holds it. */
+async function holdLock(
+  file: string,
+): Promise<{ process: Deno.ChildProcess; release: () => Promise<void> }> {
   await Deno.mkdir(file.slice(0, file.lastIndexOf("/")), { recursive: true });
   const holder = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",
       `const f = await Deno.open(${JSON.stringify(file)}, {read: true, write: true, create: true});
-       await f.lock(true); console.log("locked"); await new Promise((r) => setTimeout(r, ${ms}));`,
+       await f.lock(true); console.log("locked");
+       for await (const _ of Deno.stdin.readable) { /* hold until stdin closes */ }`,
     ],
+    stdin: "piped",
     stdout: "piped",
   }).spawn();
   const reader = holder.stdout.pipeThrough(new TextDecoderStream()).getReader();
   assertEquals((await reader.read()).value?.trim(), "locked");
   reader.releaseLock();
   holder.stdout.cancel().catch(() => {});
-  return holder;
+  return {
+    process: holder,
+    release: async () => {
+      await holder.stdin.close().catch(() => {});
+      await holder.status;
+    },
+  };
+}
+
+async function present(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
 }
 
 Deno.test("relative --config and --out are taken from the working folder", async () => {

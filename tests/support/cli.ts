@@ -91,6 +91,19 @@ export function lychdArgs(args: string[]): string[] {
   return ["run", "-q", "-P", "--frozen", `${ROOT}main.ts`, ...args];
 }
 
+/** The same run, pausing `pauseMs` after each file written (tests/support/paused_writes_main.ts). */
+export function pausedLychdArgs(pauseMs: number, args: string[]): string[] {
+  return [
+    "run",
+    "-q",
+    "-P",
+    "--frozen",
+    `${ROOT}tests/support/paused_writes_main.ts`,
+    String(pauseMs),
+    ...args,
+  ];
+}
+
 /** The environment of a lychd run in a test home: fakes first on PATH, the shared Deno cache. */
 export function testEnv(sb: Sandbox, extra: Record<string, string> = {}): Record<string, string> {
   return { HOME: sb.home, PATH: `${sb.bin}:/usr/bin:/bin`, DENO_DIR, NO_COLOR: "1", ...extra };
