@@ -31,12 +31,17 @@ const ENGINES = (): Record<string, EngineScript> => ({
 });
 
 Deno.test("swap: stops the old engine, waits through refused and 503, reports the phases", async () => {
-  const fs = await installed(ENGINES(), "llama");
+  // Phase times of the script's own (not the fake's defaults): the report measures them.
+  const engines = ENGINES();
+  engines.llama.stopMs = 1200;
+  engines.vllm.startMs = 700;
+  const fs = await installed(engines, "llama");
   assertEquals(await swap(fs.host, opts("vllm")), 0, fs.host.stderr);
   assertMatch(
     fs.host.stdout,
-    /^vllm ready in \d+\.\d s \(old engine stopped 0\.3 s, container up 0\.2 s, model loaded 3\.\d s\)\n$/,
+    /^vllm ready in \d+\.\d s \(old engine stopped 1\.2 s, container up 0\.7 s, model loaded 3\.\d s\)\n$/,
   );
+  assertDeep(fs.bindFailures, []);
   assertEquals(fs.host.calls[0], "podman image exists docker.io/vllm/vllm-openai:v0.33.0");
   assertDeep(fs.host.calls.filter((c) => c.startsWith("systemctl") && !c.includes(" show ")), [
     "systemctl --user daemon-reload",

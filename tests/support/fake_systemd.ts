@@ -1,8 +1,10 @@
 /**
  * systemd, Podman and the engines in miniature, for fast unit tests of swap/status/stop/doctor
  * on a FakeHost: `systemctl start` of a soulstone stops exactly the units its unit file names in
- * Conflicts= (a unit without them stops nothing, and the swap tests fail), engines become ready
- * on the fake clock as scripted, and /health and /v1/models answer from the engine that is
+ * Conflicts= (a unit without them stops nothing, and the swap tests fail); the start waits for
+ * those stops only if the units are ordered (After= either way), as in systemd's transactions:
+ * unordered, the new engine starts while the old one still holds port 8081 and dies on the
+ * bind. Engines become ready on the fake clock as scripted, and /health and /v1/models answer from the engine that is
  * active, with the model it was started with. A container keeps the stop timeout its unit had
  * when it started, as Podman does. The real thing is tested in e2e_sandbox_test.ts.
  */
@@ -25,6 +27,10 @@ export interface EngineScript {
   stuckStopMs?: number;
   /** With dieMs: systemd restarts it (Restart=on-failure): activating (auto-restart), NRestarts. */
   restarts?: boolean;
+  /** ms a clean stop takes (SIGTERM to exit); default 300. */
+  stopMs?: number;
+  /** ms `systemctl start` takes to return (the container created and started); default 200. */
+  startMs?: number;
 }
 
 interface Unit {
@@ -44,6 +50,8 @@ interface Unit {
 export class FakeSystemd {
   units = new Map<string, Unit>();
   missingImages = new Set<string>();
+  /** Engines that started while an unordered conflicting one still held the port. */
+  bindFailures: string[] = [];
   host: FakeHost;
 
   constructor(
@@ -86,10 +94,21 @@ export class FakeSystemd {
     return path ? this.host.text(path) : null;
   }
 
-  /** Conflicts= of the unit file, as systemd reads it. */
-  conflicts(name: string): string[] {
+  /** The names in a unit file's `key=` lines (Conflicts=, After=, Before=), as systemd reads them. */
+  unitList(name: string, key: string): string[] {
     const text = this.unitFile(name) ?? "";
-    return [...text.matchAll(/^Conflicts=(.*)$/gm)].flatMap((m) => m[1].trim().split(/\s+/));
+    return [...text.matchAll(new RegExp(`^${key}=(.*)$`, "gm"))]
+      .flatMap((m) => m[1].trim().split(/\s+/)).filter((n) => n);
+  }
+
+  conflicts(name: string): string[] {
+    return this.unitList(name, "Conflicts");
+  }
+
+  /** Whether systemd orders the two units (either way), so a stop of one precedes a start of the other. */
+  ordered(a: string, b: string): boolean {
+    return this.unitList(a, "After").includes(b) || this.unitList(a, "Before").includes(b) ||
+      this.unitList(b, "After").includes(a) || this.unitList(b, "Before").includes(a);
   }
 
   activate(name: string) {
@@ -136,7 +155,7 @@ export class FakeSystemd {
       this.host.clock += seconds * 1000;
       Object.assign(u, { state: "failed", result: "exit-code", execMainStatus: "137" });
     } else {
-      this.host.clock += 300;
+      this.host.clock += script?.stopMs ?? 300;
       Object.assign(u, { state: "inactive", result: "success", execMainStatus: "0" });
     }
     u.inactiveEnter = this.host.clock;
@@ -167,7 +186,7 @@ export class FakeSystemd {
         execMainStatus: "137",
       });
     } else {
-      this.host.clock += 300;
+      this.host.clock += script?.stopMs ?? 300;
       Object.assign(u, { state: "inactive", result: "success", execMainStatus: "0" });
     }
     u.inactiveEnter = this.host.clock;
@@ -219,14 +238,29 @@ export class FakeSystemd {
         return ok();
       case "restart":
         this.stop(a[1]);
-        this.host.clock += 200;
+        this.host.clock += this.engines[a[1].replace(/^soulstone-|\.service$/g, "")]?.startMs ??
+          200;
         this.activate(a[1]);
         return ok();
       case "start": {
         const name = a[1];
-        // Conflicts= from the unit file: what systemd stops before starting this one.
-        for (const other of this.conflicts(name)) this.stop(other);
         const script = this.engines[name.replace(/^soulstone-|\.service$/g, "")];
+        // Conflicts= from the unit file: what systemd stops when starting this one. Without an
+        // ordering the stop and the start run at once: the old engine still holds the port.
+        const holding = this.conflicts(name).filter((o) =>
+          this.state(o).state === "active" && !this.ordered(name, o)
+        );
+        for (const other of this.conflicts(name)) this.stop(other);
+        if (holding.length > 0 && this.state(name).state !== "active") {
+          Object.assign(this.unit(name), {
+            state: "failed",
+            result: "exit-code",
+            execMainStatus: "1",
+            inactiveEnter: this.host.clock,
+          });
+          this.bindFailures.push(`${name}: port 8081 still held by ${holding.join(" ")}`);
+          return ok();
+        }
         if (script?.failStart) {
           Object.assign(this.unit(name), {
             state: "failed",
@@ -240,7 +274,7 @@ export class FakeSystemd {
           };
         }
         if (this.state(name).state !== "active") {
-          this.host.clock += 200;
+          this.host.clock += script?.startMs ?? 200;
           this.activate(name);
         }
         return ok();
