@@ -8,6 +8,7 @@ import { helpText } from "./lib/help.ts";
 import { EXIT } from "./lib/exit.ts";
 import { denoHost, type Host } from "./lib/host.ts";
 import { versionLine } from "./lib/version.ts";
+import { permissionMessage } from "./lib/permissions.ts";
 
 async function dispatch(argv: string[], host: Host): Promise<number> {
   const command = parseCommand(argv);
@@ -78,10 +79,7 @@ export async function main(argv: string[], host: Host): Promise<number> {
       return e.exitCode;
     }
     if (e instanceof Deno.errors.NotCapable) {
-      host.err(
-        `lychd: ${(e as Error).message}\nlychd's permission set does not allow this ` +
-          '(see README, "Permissions").\n',
-      );
+      host.err(`lychd: ${permissionMessage((e as Error).message)}\n`);
       return EXIT.FAILED;
     }
     throw e;

@@ -90,9 +90,14 @@ export class SystemctlError extends LychdError {
 const UNREACHABLE =
   /Failed to connect to bus|Failed to get D-Bus connection|System has not been booted with systemd|No medium found|\$DBUS_SESSION_BUS_ADDRESS|XDG_RUNTIME_DIR/i;
 
+/** Whether a failed systemctl run means there is no manager to talk to. */
+export function unreachable(code: number, stderr: string): boolean {
+  return code === 127 || code === 126 || UNREACHABLE.test(stderr);
+}
+
 function systemctlError(code: number, stderr: string, what: string, scope: string[]) {
   const said = printable(stderr.trim());
-  if (code === 127 || code === 126 || UNREACHABLE.test(said)) {
+  if (unreachable(code, said)) {
     const user = scope.includes("--user");
     const why = code === 127 ? "systemctl is not installed" : said || `exit ${code}`;
     return new SystemctlError(

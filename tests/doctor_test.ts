@@ -71,7 +71,80 @@ Deno.test("doctor: a bad host fails with the fix for each problem", async () => 
   );
   assertMatch(out, /^FAIL {2}nvidia-smi: not found/m);
   assertMatch(out, /^FAIL {2}port 8081: in use by something that is not lychd's/m);
-  assertMatch(out, /^FAIL {2}lychd's files: none written yet\n +fix: lychd init$/m);
+  // Not set up yet is where every host starts: a hint, not a failure.
+  assertMatch(
+    out,
+    /^HINT {2}lychd's files: not set up yet in user mode \(nothing written\)\n +next: lychd init$/m,
+  );
+  assert(!/^FAIL {2}lychd's files/m.test(out));
+});
+
+Deno.test("doctor on a fresh host: only the hint to run init, and exit 0", async () => {
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "nvidia-smi -L": { code: 0, stdout: NVIDIA_SMI_L, stderr: "" },
+  }, {
+    // Where scripts/install-quadlet.sh puts the generator on a host whose Podman lacks it.
+    "/usr/local/libexec/podman/quadlet": "",
+    "/var/lib/systemd/linger/ada": "",
+    "/etc/cdi/nvidia.yaml": "cdiVersion: 0.5.0\n",
+  });
+  assertEquals(await doctor(fs.host, { config: setup }), 0, fs.host.stdout);
+  assertMatch(
+    fs.host.stdout,
+    /^PASS {2}Quadlet generator: \/usr\/local\/libexec\/podman\/quadlet$/m,
+  );
+  assertMatch(fs.host.stdout, /^PASS {2}user manager \(systemctl --user\): running$/m);
+  assertMatch(fs.host.stdout, /^HINT {2}lychd's files: not set up yet/m);
+  assertMatch(fs.host.stdout, /\d+ passed, 0 warnings, 1 hints, 0 failed\.$/m);
+});
+
+Deno.test("doctor as root in user mode says so, and a missing user manager is a failure with the fix", async () => {
+  const noBus: RunResult = {
+    code: 1,
+    stdout: "",
+    stderr: "Failed to connect to bus: $DBUS_SESSION_BUS_ADDRESS and $XDG_RUNTIME_DIR not defined",
+  };
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "systemctl --user is-system-running": noBus,
+  }, {});
+  fs.host.env = (n: string) => ({ HOME: "/root", USER: "root" } as Record<string, string>)[n];
+  assertEquals(await doctor(fs.host, { config: setup }), 1);
+  const out = fs.host.stdout;
+  assertMatch(
+    out,
+    /^WARN {2}mode: running as root in user mode.*\/root\/\.config\/containers\/systemd/m,
+  );
+  assertMatch(out, /fix: for a system-wide install use --system: `lychd doctor --system`/);
+  assertMatch(
+    out,
+    /^FAIL {2}user manager \(systemctl --user\): not reachable: Failed to connect to bus.*\n +fix: use --system/m,
+  );
+
+  // The same host as a user without a session: the fix is a login or linger, not --system.
+  const user = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "systemctl --user is-system-running": noBus,
+  }, {}).fs;
+  user.host.env = (n: string) => ({ HOME: "/home/ada", USER: "ada" } as Record<string, string>)[n];
+  assertEquals(await doctor(user.host, { config: setup }), 1);
+  assert(!user.host.stdout.includes("mode: running as root"));
+  assertMatch(
+    user.host.stdout,
+    /not reachable: .*\n +fix: log in through a session .*enable-linger/,
+  );
+
+  // system mode as root: the system manager, no user-mode warning.
+  const sys = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "systemctl is-system-running": { code: 1, stdout: "degraded\n", stderr: "" },
+  }, {}).fs;
+  sys.host.env = (n: string) => ({ HOME: "/root", USER: "root" } as Record<string, string>)[n];
+  await doctor(sys.host, { config: { ...setup, system: true } });
+  assert(!sys.host.stdout.includes("mode: running as root"));
+  assertMatch(sys.host.stdout, /^WARN {2}system manager: degraded\n +fix: .*systemctl --failed$/m);
+  assertMatch(sys.host.stdout, /next: lychd init --system$/m);
 });
 
 Deno.test("doctor: helpers", () => {

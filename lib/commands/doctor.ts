@@ -1,6 +1,7 @@
 /**
- * `lychd doctor`: a preflight of this host for what `init` wrote. Each check passes, warns or
- * fails, and says how to fix it. Exit 1 if any check fails.
+ * `lychd doctor`: a preflight of this host for what `init` wrote. Each check passes, warns,
+ * fails, or (for a host not set up yet) gives a hint, and says how to fix it. Exit 1 if any
+ * check fails.
  */
 import { readManifest, sha256 } from "../apply.ts";
 import type { ConfigOptions } from "../config/types.ts";
@@ -9,10 +10,11 @@ import { GRAFANA_PORT, PROMETHEUS_PORT, STANDARD_PORT } from "../engines.ts";
 import type { Host } from "../host.ts";
 import type { Locations } from "../paths.ts";
 import { openSetup } from "../setup.ts";
-import { showUnits } from "../systemctl.ts";
+import { showUnits, unreachable } from "../systemctl.ts";
+import { printable } from "../text.ts";
 import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 
-export type Verdict = "pass" | "warn" | "fail";
+export type Verdict = "pass" | "hint" | "warn" | "fail";
 
 export interface Check {
   verdict: Verdict;
@@ -21,7 +23,12 @@ export interface Check {
   fix?: string;
 }
 
-export const QUADLET_PATHS = ["/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet"];
+/** Where Podman packages put the generator, and where scripts/install-quadlet.sh does. */
+export const QUADLET_PATHS = [
+  "/usr/libexec/podman/quadlet",
+  "/usr/lib/podman/quadlet",
+  "/usr/local/libexec/podman/quadlet",
+];
 export const CDI_SPECS = [
   "/etc/cdi/nvidia.yaml",
   "/etc/cdi/nvidia.json",
@@ -37,7 +44,7 @@ export async function doctor(host: Host, options: { config: ConfigOptions }): Pr
   const checks = [
     await checkPodman(host),
     await checkQuadlet(host),
-    await checkSystemd(host),
+    ...await checkSystemd(host, loc),
     ...(loc.mode === "user" ? [await checkLinger(host)] : []),
     ...(engines.some((e) => e.gpu.vendor === "nvidia") ? await checkNvidia(host) : []),
     ...(engines.some((e) => e.gpu.vendor === "amd") ? await checkAmd(host, loc) : []),
@@ -46,10 +53,15 @@ export async function doctor(host: Host, options: { config: ConfigOptions }): Pr
   ];
   for (const c of checks) {
     host.out(`${c.verdict.toUpperCase().padEnd(4)}  ${c.name}: ${c.detail}\n`);
-    if (c.fix && c.verdict !== "pass") host.out(`      fix: ${c.fix}\n`);
+    if (c.fix && c.verdict !== "pass") {
+      host.out(`      ${c.verdict === "hint" ? "next" : "fix"}: ${c.fix}\n`);
+    }
   }
   const count = (v: Verdict) => checks.filter((c) => c.verdict === v).length;
-  host.out(`\n${count("pass")} passed, ${count("warn")} warnings, ${count("fail")} failed.\n`);
+  const hints = count("hint") ? `, ${count("hint")} hints` : "";
+  host.out(
+    `\n${count("pass")} passed, ${count("warn")} warnings${hints}, ${count("fail")} failed.\n`,
+  );
   return count("fail") > 0 ? 1 : 0;
 }
 
@@ -104,17 +116,60 @@ async function checkQuadlet(host: Host): Promise<Check> {
   };
 }
 
-async function checkSystemd(host: Host): Promise<Check> {
+/** systemd itself, and for user mode the user's manager, which a root shell or a bare su lacks. */
+async function checkSystemd(host: Host, loc: Locations): Promise<Check[]> {
   const r = await host.run("systemctl", ["--version"]);
   if (r.code !== 0) {
-    return {
+    return [{
       verdict: "fail",
       name: "systemd",
       detail: "systemctl not found",
       fix: "lychd needs systemd",
-    };
+    }];
   }
-  return { verdict: "pass", name: "systemd", detail: r.stdout.split("\n")[0].trim() };
+  const checks: Check[] = [
+    { verdict: "pass", name: "systemd", detail: r.stdout.split("\n")[0].trim() },
+  ];
+  const asRoot = host.env("USER") === "root" || host.env("HOME") === "/root";
+  if (loc.mode === "user" && asRoot) {
+    checks.push({
+      verdict: "warn",
+      name: "mode",
+      detail: "running as root in user mode: the units would be root's own user units " +
+        `(${loc.quadletDir}), run by a root user manager that usually does not exist`,
+      fix: "for a system-wide install use --system: `lychd doctor --system`, `lychd init --system`",
+    });
+  }
+  const manager = loc.mode === "user" ? "user manager (systemctl --user)" : "system manager";
+  const state = await host.run("systemctl", [...loc.systemctlScope, "is-system-running"]);
+  const said = printable((state.stderr || state.stdout).trim());
+  if (state.code !== 0 && unreachable(state.code, said)) {
+    checks.push({
+      verdict: "fail",
+      name: manager,
+      detail: `not reachable: ${said || `exit ${state.code}`}`,
+      fix: loc.mode === "system"
+        ? "lychd needs systemd running as PID 1"
+        : asRoot
+        ? "use --system (root has no user manager)"
+        : "log in through a session that starts one (ssh, a console login: it sets " +
+          "XDG_RUNTIME_DIR), or enable linger: sudo loginctl enable-linger $USER",
+    });
+  } else {
+    // running, degraded (some unit failed), starting...: reachable is what lychd needs.
+    const text = state.stdout.trim() || "reachable";
+    checks.push({
+      verdict: text === "degraded" ? "warn" : "pass",
+      name: manager,
+      detail: text,
+      ...(text === "degraded"
+        ? {
+          fix: `see which units failed: systemctl ${[...loc.systemctlScope, "--failed"].join(" ")}`,
+        }
+        : {}),
+    });
+  }
+  return checks;
 }
 
 async function checkLinger(host: Host): Promise<Check> {
@@ -226,11 +281,12 @@ async function checkUnits(host: Host, loc: Locations): Promise<Check[]> {
   const manifest = await readManifest(host, `${loc.dataDir}/manifest.json`);
   const paths = Object.keys(manifest.files);
   if (paths.length === 0) {
+    // A fresh host is not a broken one: doctor is what you run before init.
     return [{
-      verdict: "fail",
+      verdict: "hint",
       name: "lychd's files",
-      detail: "none written yet",
-      fix: "lychd init",
+      detail: `not set up yet in ${loc.mode} mode (nothing written)`,
+      fix: loc.mode === "system" ? "lychd init --system" : "lychd init",
     }];
   }
   const missing: string[] = [];

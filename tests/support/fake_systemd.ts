@@ -286,6 +286,8 @@ export class FakeSystemd {
       }
       case "--version":
         return ok("systemd 252 (252.38-1~deb12u1)\n+PAM +AUDIT\n");
+      case "is-system-running":
+        return ok("running\n");
       default:
         return { code: 1, stdout: "", stderr: `fake systemctl: ${a.join(" ")}` };
     }
