@@ -1,6 +1,6 @@
 /** Where lychd reads and writes, for a user (rootless) or a system (root) setup. Pure. */
 import { UsageError } from "./errors.ts";
-import { hostPathProblem } from "./units/systemd.ts";
+import { hostPathProblem } from "./unit_syntax.ts";
 
 export type Mode = "user" | "system";
 

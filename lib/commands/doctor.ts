@@ -39,7 +39,7 @@ export const CDI_SPECS = [
 export async function doctor(host: Host, options: { config: ConfigOptions }): Promise<number> {
   const setup = await openSetup(host, options.config, { kind: "inspect" });
   const loc = setup.loc;
-  const { config } = await loadConfig(host, setup, [], !setup.installed);
+  const { config } = await loadConfig(host, setup.configPath, [], !setup.installed);
   const engines = resolveEngines(config);
   const checks = [
     await checkPodman(host),

@@ -29,7 +29,7 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
   const prepareHere = async () => {
     const loaded = await loadConfig(
       host,
-      setup,
+      setup.configPath,
       options.config.overrides,
       // Only a completed init records lychd.yaml; before that, the defaults are the start.
       setup.manifest.config === undefined || options.force,
@@ -215,7 +215,7 @@ export async function render(host: Host, options: RenderOptions): Promise<number
   const setup = await openSetup(host, options.config, { kind: "render" });
   const loc = setup.loc;
   const out = host.absolute(options.out).replace(/\/+$/, "") || "/";
-  const loaded = await loadConfig(host, setup, options.config.overrides, true);
+  const loaded = await loadConfig(host, setup.configPath, options.config.overrides, true);
   const p = await prepare(host, setup, loaded, out, options.force);
   await applyChanges(p.changes, p.manifest, p.manifestPath, host);
   host.out(`lychd render (${loc.mode} mode) into ${out}\n`);

@@ -17,7 +17,7 @@ export interface LogsOptions {
 export async function logs(host: Host, options: LogsOptions): Promise<number> {
   const setup = await openSetup(host, options.config, { kind: "operate" });
   const loc = setup.loc;
-  const { config } = await loadConfig(host, setup, [], false);
+  const { config } = await loadConfig(host, setup.configPath, [], false);
   const engines = resolveEngines(config).map((e) => e.name);
   let unit: string;
   if (options.target === "harvester" || options.target === "scribe") {

@@ -19,6 +19,6 @@ export interface PullOptions {
 export async function pull(host: Host, options: PullOptions): Promise<number> {
   const setup = await openSetup(host, options.config, { kind: "operate" });
   const loc = setup.loc;
-  const { config } = await loadConfig(host, setup, [], false);
+  const { config } = await loadConfig(host, setup.configPath, [], false);
   return await pullFor(host, loc, config, options.engines, options.models);
 }

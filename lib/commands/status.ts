@@ -56,7 +56,7 @@ export interface StatusReport {
 export async function status(host: Host, options: StatusOptions): Promise<number> {
   const setup = await openSetup(host, options.config, { kind: "operate" });
   const loc = setup.loc;
-  const { config } = await loadConfig(host, setup, [], false);
+  const { config } = await loadConfig(host, setup.configPath, [], false);
   const engines = resolveEngines(config);
   const watchers = [
     {

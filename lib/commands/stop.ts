@@ -14,7 +14,7 @@ export interface StopOptions {
 export async function stop(host: Host, options: StopOptions): Promise<number> {
   const setup = await openSetup(host, options.config, { kind: "operate" });
   const loc = setup.loc;
-  const { config } = await loadConfig(host, setup, [], false);
+  const { config } = await loadConfig(host, setup.configPath, [], false);
   // Stopping units that are not running is a no-op, so all soulstones go in one call.
   const units = resolveEngines(config).map((e) => soulstoneService(e.name));
   if (options.all) units.push("scribe.service", "harvester.service");

@@ -49,7 +49,7 @@ export async function swap(host: Host, options: SwapOptions): Promise<number> {
 
 async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promise<number> {
   const loc = setup.loc;
-  const loaded = await loadConfig(host, setup, [], false);
+  const loaded = await loadConfig(host, setup.configPath, [], false);
   const text = loaded.originalText!;
   const bootBefore = loaded.config.active;
   const engines = resolveEngines(loaded.config);

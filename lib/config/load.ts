@@ -5,7 +5,6 @@
 import { builtinCartridge } from "../engines.ts";
 import { ConfigError, LychdError } from "../errors.ts";
 import type { Host } from "../host.ts";
-import type { Setup } from "../setup.ts";
 import type { LychdConfig } from "./types.ts";
 import { isPlainObject, validateConfig } from "./validate.ts";
 import { type KeyPath, type Override, parseConfigText, updateConfigText } from "./yaml.ts";
@@ -20,24 +19,24 @@ export interface LoadedConfig {
 }
 
 /**
- * Read and validate the setup's lychd.yaml with `overrides` applied. Only `init` may start from
+ * Read and validate lychd.yaml (the one the command's setup chose) with `overrides` applied. Only `init` may start from
  * a file that does not exist yet (it writes the first one); for every other command a missing
  * file is an error, never a silent fall-back to the defaults.
  */
 export async function loadConfig(
   host: Host,
-  setup: Setup,
+  configPath: string,
   overrides: Override[],
   allowMissing: boolean,
 ): Promise<LoadedConfig> {
-  const text = await readConfigText(host, setup.configPath);
+  const text = await readConfigText(host, configPath);
   if (text === null && !allowMissing) {
     throw new LychdError(
-      `${setup.configPath} does not exist, but lychd's units here were rendered from it. Put it ` +
+      `${configPath} does not exist, but lychd's units here were rendered from it. Put it ` +
         "back, or run `lychd init --force` to render them from the defaults and your flags.",
     );
   }
-  return resolveConfig(text, setup.configPath, overrides);
+  return resolveConfig(text, configPath, overrides);
 }
 
 /** lychd.yaml's text, or null if there is none; errors say what to do, not how Deno failed. */

@@ -1,12 +1,12 @@
 /**
  * Untrusted config data (lychd.yaml merged with flags) -> LychdConfig, or every problem found.
  * Pure. Each rule rejects anything that could break out of the line or value it lands in inside
- * a unit file; what passes is escaped when rendered (lib/units/systemd.ts).
+ * a unit file; what passes is escaped when rendered (lib/unit_syntax.ts).
  */
 import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
 import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
-import { CONTROL_CHARACTER, hostPathProblem } from "../units/systemd.ts";
+import { CONTROL_CHARACTER, hostPathProblem } from "../unit_syntax.ts";
 import type { KeyPath } from "./yaml.ts";
 import { suggest } from "../suggest.ts";
 import { parseDuration } from "../duration.ts";

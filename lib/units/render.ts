@@ -12,7 +12,7 @@ import scribe from "../../templates/scribe.j2" with { type: "text" };
 import prometheusYml from "../../templates/prometheus.yml.j2" with { type: "text" };
 import grafanaDatasource from "../../templates/grafana-datasource.yaml.j2" with { type: "text" };
 import grafanaDashboards from "../../templates/grafana-dashboards.yaml.j2" with { type: "text" };
-import { systemdWord, systemdWords } from "./systemd.ts";
+import { systemdWord, systemdWords } from "../unit_syntax.ts";
 
 export const TEMPLATES: Record<string, string> = {
   "soulstone.j2": soulstone,

@@ -1,7 +1,7 @@
 /**
  * How systemd reads an ExecStart= line into argv (systemd.service(5), "Command lines"):
  * words split on blanks, double and single quotes group, C-style backslash escapes, then
- * `%%` -> `%` and `$$` -> `$`. Written independently of lib/units/systemd.ts so that tests
+ * `%%` -> `%` and `$$` -> `$`. Written independently of lib/unit_syntax.ts so that tests
  * can check the quoting against the rules, not against itself. A specifier such as `%t` (which
  * Quadlet itself uses) becomes the marker `<%t>`, so it can never pass for a literal `%t` that
  * lychd forgot to escape; a `$VAR` expansion throws.
