@@ -52,6 +52,21 @@ export async function sha256(data: Uint8Array | string): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/**
+ * Whose the bytes at `path` are, by the manifest: "lychd" (exactly what lychd wrote), "edited"
+ * (lychd wrote the file, someone changed it since), "foreign" (lychd never wrote it). The one
+ * ownership check, for init, render, swap, uninstall and doctor.
+ */
+export async function ownership(
+  manifest: Manifest,
+  path: string,
+  bytes: Uint8Array,
+): Promise<"lychd" | "edited" | "foreign"> {
+  const known = manifest.files[path];
+  if (!known) return "foreign";
+  return known.includes(await sha256(bytes)) ? "lychd" : "edited";
+}
+
 export async function readManifest(host: Host, path: string): Promise<Manifest> {
   const bytes = await host.readFile(path);
   if (bytes === null) return { version: 1, files: {} };
@@ -95,24 +110,23 @@ export async function diffPlan(
     } else if (!file.guarded || force) {
       changes.push({ ...change, action: "update" });
     } else {
-      const known = manifest.files[path];
-      const hash = await sha256(current);
-      if (known?.includes(hash)) changes.push({ ...change, action: "update" });
+      const owner = await ownership(manifest, path, current);
+      if (owner === "lychd") changes.push({ ...change, action: "update" });
       else {
         changes.push({
           ...change,
           action: "conflict",
-          reason: known ? "edited since lychd wrote it" : "not written by lychd",
+          reason: owner === "edited" ? "edited since lychd wrote it" : "not written by lychd",
         });
       }
     }
   }
   // Files lychd wrote earlier that the plan no longer has (e.g. an engine dropped from the list).
-  for (const [path, hashes] of Object.entries(manifest.files)) {
+  for (const path of Object.keys(manifest.files)) {
     if (planned.has(path)) continue;
     const current = await host.readFile(path);
     if (current === null) continue;
-    const edited = !hashes.includes(await sha256(current));
+    const edited = await ownership(manifest, path, current) !== "lychd";
     changes.push({
       path,
       before: decoder.decode(current),

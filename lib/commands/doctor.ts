@@ -3,7 +3,7 @@
  * fails, or (for a host not set up yet) gives a hint, and says how to fix it. Exit 1 if any
  * check fails.
  */
-import { readManifest, sha256 } from "../apply.ts";
+import { ownership, readManifest } from "../apply.ts";
 import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { GRAFANA_PORT, PROMETHEUS_PORT, STANDARD_PORT } from "../engines.ts";
@@ -294,7 +294,7 @@ async function checkUnits(host: Host, loc: Locations): Promise<Check[]> {
   for (const p of paths) {
     const bytes = await host.readFile(p);
     if (bytes === null) missing.push(p);
-    else if (!manifest.files[p].includes(await sha256(bytes))) edited.push(p);
+    else if (await ownership(manifest, p, bytes) !== "lychd") edited.push(p);
   }
   const out: Check[] = [];
   if (missing.length) {

@@ -5,7 +5,7 @@
  * password and lychd.yaml stay unless --purge; even then lychd.yaml goes only if lychd wrote it
  * (the user's own file needs --force). The model cache is never touched.
  */
-import { readManifest, sha256, writeManifest } from "../apply.ts";
+import { ownership, readManifest, writeManifest } from "../apply.ts";
 import type { ConfigOptions } from "../config/types.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
@@ -48,7 +48,7 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
   for (const p of paths) {
     const bytes = await host.readFile(p);
     if (bytes === null) continue;
-    if (manifest.files[p].includes(await sha256(bytes)) || options.force) remove.push(p);
+    if (await ownership(manifest, p, bytes) === "lychd" || options.force) remove.push(p);
     else keep.push(p);
   }
   const units = paths.filter((p) => p.endsWith(".container")).map((p) =>
