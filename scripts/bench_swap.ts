@@ -1,5 +1,6 @@
 /**
- * Swap benchmark under real systemd (../shared/sandbox/sdsandbox; needs root). A fake engine
+ * Swap benchmark under real systemd, system mode (a sandbox guest, or this host with
+ * LYCHD_E2E=host: tests/support/target.ts; needs root). A fake engine
  * becomes ready a fixed 2 s after its container starts. Alternating in one run, N times each:
  *   (a) `lychd swap --system llama` (from sglang), timed inside the guest;
  *   (b) the bare baseline back to sglang: `systemctl start soulstone-sglang.service`, then a
@@ -9,7 +10,7 @@
  *
  *   deno task bench:swap [N]     (default 5)
  */
-import { buildFakeEngineImage, DENO, guest, ROOT, sdsandbox } from "../tests/support/sandbox.ts";
+import { buildFakeEngineImage, DENO, openTarget, ROOT } from "../tests/support/target.ts";
 
 const N = Number(Deno.args[0] ?? 5);
 const LOAD_MS = 2000;
@@ -19,10 +20,10 @@ function must(r: { code: number; stdout: string; stderr: string }, what: string)
   return r.stdout;
 }
 
-const up = await sdsandbox(["up", "--private", "/var/lib/lychd", "--private", "/etc/lychd"]);
-must(up, "sdsandbox up");
+const target = await openTarget("system", ["/var/lib/lychd", "/etc/lychd"]);
+const guest = target.run;
 try {
-  const image = await buildFakeEngineImage();
+  const image = await buildFakeEngineImage(target);
   must(
     await guest(
       ["sh", "-c", "cat > /etc/lychd/lychd.yaml"],
@@ -92,5 +93,5 @@ cartridges:
   );
   Deno.exitCode = ratio <= 1.2 && maxDelay < 100 ? 0 : 1;
 } finally {
-  await sdsandbox(["down"]);
+  await target.close();
 }
