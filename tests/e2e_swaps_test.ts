@@ -341,6 +341,26 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
       const ps = await guest(["podman", "ps", "--format", "{{.Names}}"]);
       assert(!ps.stdout.includes("soulstone-"), ps.stdout);
     });
+    if (mode === "user") {
+      await t.step("a session without a user manager gets lychd's message and exit 8", async () => {
+        // What `su` or a bare cron job gives: no XDG_RUNTIME_DIR, so no way to the user manager.
+        const r = await guest([
+          "env",
+          "-u",
+          "XDG_RUNTIME_DIR",
+          "-u",
+          "DBUS_SESSION_BUS_ADDRESS",
+          ...target.lychdCommand("status"),
+        ]);
+        assertEquals(r.code, EXIT.NO_SYSTEMD, r.stdout + r.stderr);
+        assertMatch(r.stderr, /^lychd: cannot reach your user's systemd \(systemctl --user\): /m);
+        assertMatch(r.stderr, /log in through a session .*loginctl enable-linger/);
+        const d = await guest(["env", "-u", "XDG_RUNTIME_DIR", ...target.lychdCommand("doctor")]);
+        assertEquals(d.code, EXIT.FAILED, d.stdout);
+        assertMatch(d.stdout, /^FAIL {2}user manager \(systemctl --user\): not reachable: /m);
+      });
+    }
+
     await t.step("doctor, logs, stop --all, uninstall, uninstall --purge", async () => {
       const doctor = await lychd("doctor", ...flags);
       assertMatch(doctor.stdout, /^PASS {2}Quadlet generator: /m);

@@ -52,6 +52,8 @@ export interface Target {
   run(cmd: string[], stdin?: string): Promise<Run>;
   /** lychd as the operator, as the tests' CLI runs it (or the compiled binary). */
   lychd(...args: string[]): Promise<Run>;
+  /** The argv that runs lychd as the operator (to wrap it, e.g. in `env -u VAR`). */
+  lychdCommand(...args: string[]): string[];
   /** The same, started and left running (stdout and stderr piped), to be signalled. */
   spawnLychd(...args: string[]): Deno.ChildProcess;
   /** Build an image from a program on this machine, in the operator's Podman storage. */
@@ -195,6 +197,7 @@ async function openSandbox(mode: Mode, privateDirs: string[]): Promise<Target> {
     home,
     run,
     lychd: (...args) => run(lychdArgv(denoDir, args)),
+    lychdCommand: (...args) => lychdArgv(denoDir, args),
     spawnLychd: (...args) => spawn(SDSANDBOX, execArgs(lychdArgv(denoDir, args))),
     async image(name, spec) {
       must(
@@ -256,6 +259,7 @@ async function openHost(mode: Mode, privateDirs: string[]): Promise<Target> {
     home,
     run,
     lychd: (...args) => run(lychdArgv(null, args)),
+    lychdCommand: (...args) => lychdArgv(null, args),
     spawnLychd: (...args) => {
       const [program, ...rest] = lychdArgv(null, args);
       return spawn(program, rest);
