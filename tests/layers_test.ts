@@ -33,6 +33,7 @@ const LAYERS: string[][] = [
     "images.ts",
     "readiness.ts",
     "systemctl.ts",
+    "gpu.ts",
   ],
   // Every file as a plan, and the plan on disk.
   ["plan.ts", "apply.ts", "pull.ts"],

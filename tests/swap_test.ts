@@ -24,9 +24,12 @@ function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
   return { config: setup, engine, timeoutSec: null, wait: true, rollback: true, ...extra };
 }
 
+// llama and vllm on the CPU: a swap to them is one `systemctl start`, and systemd's
+// Conflicts=/After= do the stop. sglang (NVIDIA) is stopped to, its GPU memory checked (no
+// nvidia-smi here: "not checked"), then started; gpu_memory_test.ts tests that check.
 const ENGINES = (): Record<string, EngineScript> => ({
-  llama: { model: "org/llama-gguf:Q4", refusedMs: 100, readyMs: 1500 },
-  vllm: { model: "Qwen/Qwen2.5-7B-Instruct", refusedMs: 3000, readyMs: 3000 },
+  llama: { model: "org/llama-gguf:Q4", refusedMs: 100, readyMs: 1500, gpu: "cpu" },
+  vllm: { model: "Qwen/Qwen2.5-7B-Instruct", refusedMs: 3000, readyMs: 3000, gpu: "cpu" },
   sglang: { model: "org/sglang", readyMs: 800 },
 });
 
@@ -42,7 +45,10 @@ Deno.test("swap: stops the old engine, waits through refused and 503, reports th
     /^vllm ready in \d+\.\d s \(old engine stopped 1\.2 s, container up 0\.7 s, model loaded 3\.\d s\)\n$/,
   );
   assertDeep(fs.bindFailures, []);
-  assertEquals(fs.host.calls[0], "podman image exists docker.io/vllm/vllm-openai:v0.33.0");
+  assertEquals(
+    fs.host.calls[0],
+    "podman image exists docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64",
+  );
   assertDeep(fs.host.calls.filter((c) => c.startsWith("systemctl") && !c.includes(" show ")), [
     "systemctl --user daemon-reload",
     "systemctl --user start soulstone-vllm.service",
@@ -184,7 +190,7 @@ Deno.test("swap: unknown engine, or units not written", async () => {
 
 Deno.test("status: healthy, loading, nothing active; --json is stable", async () => {
   const fs = await installed(ENGINES(), "llama");
-  fs.missingImages.add("docker.io/vllm/vllm-openai:v0.33.0");
+  fs.missingImages.add("docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64");
   fs.host.files.set("/home/ada/.cache/huggingface/hub/models--org--sglang/blobs/abc", {
     data: new TextEncoder().encode("safetensors"),
     mode: 0o644,
@@ -272,11 +278,11 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
 
 Deno.test("swap: an engine whose image is not here fails at once, pointing to lychd pull", async () => {
   const fs = await installed(ENGINES(), "llama");
-  fs.missingImages.add("docker.io/vllm/vllm-openai:v0.33.0");
+  fs.missingImages.add("docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64");
   const t0 = fs.host.clock;
   await assertRejects(
     () => swap(fs.host, opts("vllm")),
-    /the image of vllm, docker\.io\/vllm\/vllm-openai:v0\.33\.0, is not on this host.*lychd pull vllm/,
+    /the image of vllm, docker\.io\/vllm\/vllm-openai-cpu:v0\.33\.0-x86_64, is not on this host.*lychd pull vllm/,
   );
   assert(fs.host.clock - t0 < 100, "no waiting");
   assert(

@@ -25,6 +25,7 @@ import {
   type UnitProps,
 } from "../systemctl.ts";
 import { printable } from "../text.ts";
+import { describeHolders, waitForGpuMemory } from "../gpu.ts";
 import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface SwapOptions {
@@ -164,6 +165,8 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     target,
     false,
     new Progress(host, previous.name),
+    // Back to what ran before, whatever holds the GPU now: it ran with it.
+    false,
   );
   if (back.ok) {
     host.err(
@@ -218,6 +221,7 @@ async function switchTo(
   previous: Engine | null,
   restart: boolean,
   progress: Progress,
+  checkGpu = true,
 ): Promise<Outcome> {
   const scope = setup.loc.systemctlScope;
   const service = soulstoneService(engine.name);
@@ -232,10 +236,23 @@ async function switchTo(
       : `starting ${engine.name}`,
   );
   const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
+  const gpuCheck = checkGpu && engine.gpu.vendor === "nvidia";
   try {
     if (stopping) await stopWithConfiguredTimeout(host, stopping, progress);
-    // Returns once the container runs; Conflicts= has stopped the previous engine before that.
-    await systemctl(host, scope, restart ? "restart" : "start", service);
+    if (gpuCheck) {
+      // The GPU memory check goes between the stop and the start, so the old engine is stopped
+      // on its own first (a start alone would stop it through Conflicts=, with no gap).
+      if (stopping) await systemctl(host, scope, "stop", soulstoneService(stopping.name));
+      const memory = await gpuMemoryFor(host, engine, progress);
+      if (memory) {
+        progress.done();
+        return { ok: false, reason: memory };
+      }
+      await systemctl(host, scope, "start", service);
+    } else {
+      // Returns once the container runs; Conflicts= has stopped the previous engine before that.
+      await systemctl(host, scope, restart ? "restart" : "start", service);
+    }
   } catch (e) {
     progress.done();
     if (e instanceof SystemctlError) return { ok: false, reason: e.message };
@@ -344,6 +361,31 @@ async function switchTo(
     ok: true,
     report: `${engine.name} ready in ${fmt(readyAt - t0)} (${phases.join(", ")})`,
   };
+}
+
+/**
+ * Wait for the GPU memory `engine` needs: null when it is free (or cannot be checked: the swap
+ * goes on and says so), else why the swap must not start it.
+ */
+async function gpuMemoryFor(
+  host: Host,
+  engine: Engine,
+  progress: Progress,
+): Promise<string | null> {
+  progress.phase(`checking that ${engine.name}'s GPU memory is free`);
+  const m = await waitForGpuMemory(host, engine);
+  if (m.state === "unknown") {
+    progress.note(`GPU memory not checked: ${m.why}`);
+    return null;
+  }
+  if (m.state === "free") {
+    if (m.waitedMs > 0) progress.note(`GPU memory free after ${fmt(m.waitedMs)}`);
+    return null;
+  }
+  return `GPU memory is still held ${fmt(m.waitedMs)} after every lychd engine stopped, by a ` +
+    `process that is not lychd's: ${describeHolders(m.holders)}. ${engine.name} was not ` +
+    "started (it would fail its load for lack of memory). Stop that process (see `nvidia-smi`) " +
+    "and swap again.";
 }
 
 /**

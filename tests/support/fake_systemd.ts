@@ -31,6 +31,8 @@ export interface EngineScript {
   stopMs?: number;
   /** ms `systemctl start` takes to return (the container created and started); default 200. */
   startMs?: number;
+  /** The cartridge's gpu: (default: lychd's default, nvidia). */
+  gpu?: string;
 }
 
 interface Unit {
@@ -58,7 +60,7 @@ export class FakeSystemd {
     readonly engines: Record<string, EngineScript>,
     files: Record<string, string> = {},
     active: string | null = null,
-    readonly extraPrograms: (program: string, args: string[]) => RunResult | null = () => null,
+    public extraPrograms: (program: string, args: string[]) => RunResult | null = () => null,
   ) {
     this.host = new FakeHost({
       files,
@@ -383,6 +385,11 @@ export function engineOverrides(
       path: ["cartridges", e, "model"],
       value: s.model,
       flag: "--model",
+    })),
+    ...Object.entries(engines).filter(([, s]) => s.gpu).map(([e, s]) => ({
+      path: ["cartridges", e, "gpu"],
+      value: s.gpu,
+      flag: "test",
     })),
     ...(active ? [{ path: ["active"], value: active, flag: "--active" }] : []),
   ];
