@@ -40,7 +40,17 @@ export interface Cartridge {
    * engine needs to finish its requests and exit. docs/engines.md says how each one shuts down.
    */
   stopTimeoutSec: number;
+  /**
+   * The engine's compile, kernel and JIT caches: environment variable -> folder under
+   * COMPILE_CACHE_MOUNT. Inside the container they would go with the container at every stop;
+   * pointed into a mounted folder, the next start of the same model finds them
+   * (docs/engines.md, "Compile and JIT caches", has each variable's source).
+   */
+  compileCaches: Record<string, string>;
 }
+
+/** Where an engine's compile cache folder is mounted in its container. */
+export const COMPILE_CACHE_MOUNT = "/lychd/cache";
 
 export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
   {
@@ -65,6 +75,13 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     // huggingface_hub's CLI ships in the image (vLLM depends on it).
     download: (model) => model.startsWith("/") ? null : ["hf", "download", model],
     stopTimeoutSec: 30,
+    compileCaches: {
+      VLLM_CACHE_ROOT: "vllm",
+      TRITON_CACHE_DIR: "triton",
+      TORCHINDUCTOR_CACHE_DIR: "torchinductor",
+      FLASHINFER_WORKSPACE_BASE: "flashinfer",
+      CUDA_CACHE_PATH: "cuda",
+    },
   },
   {
     name: "sglang",
@@ -98,6 +115,13 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     offline: { env: { HF_HUB_OFFLINE: "1", TRANSFORMERS_OFFLINE: "1" }, args: [] },
     download: (model) => model.startsWith("/") ? null : ["hf", "download", model],
     stopTimeoutSec: 30,
+    compileCaches: {
+      SGLANG_JIT_CACHE_ROOT: "sglang",
+      TRITON_CACHE_DIR: "triton",
+      TORCHINDUCTOR_CACHE_DIR: "torchinductor",
+      FLASHINFER_WORKSPACE_BASE: "flashinfer",
+      CUDA_CACHE_PATH: "cuda",
+    },
   },
   {
     name: "llama",
@@ -135,6 +159,9 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     // After SIGTERM llama-server stops generating and closes its port at once, then exits or
     // hangs until killed: waiting longer only keeps port 8081 shut (docs/engines.md).
     stopTimeoutSec: 5,
+    // ggml's kernels are compiled ahead of time; the driver's JIT of their PTX (a GPU newer
+    // than the build) is what can be kept.
+    compileCaches: { CUDA_CACHE_PATH: "cuda" },
   },
 ];
 

@@ -27,6 +27,8 @@ export interface Host {
   remove(path: string): Promise<void>;
   /** The names in a folder; [] if it does not exist. */
   listDir(path: string): Promise<string[]>;
+  /** Remove a folder and everything in it; no error if it is already gone. */
+  removeTree(path: string): Promise<void>;
   /** Remove a folder if it is empty; a folder with anything in it stays, silently. */
   removeEmptyDir(path: string): Promise<void>;
   /** Create a folder and its parents; existing folders keep their mode. */
@@ -49,6 +51,8 @@ export interface Host {
   portOpen(port: number): Promise<boolean>;
   /** GET on a loopback URL, never throwing: connection refused and timeouts are results. */
   httpGet(url: string, timeoutMs: number): Promise<HttpResult>;
+  /** POST of a JSON body to a loopback URL, never throwing, like httpGet. */
+  httpPostJson(url: string, body: unknown, timeoutMs: number): Promise<HttpResult>;
   /**
    * Take an exclusive lock on `path` (created if missing), waiting up to `timeoutMs`;
    * `onWait` is called once if the lock is not free at once. Released by the returned
@@ -119,6 +123,14 @@ export const denoHost: Host = {
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return [];
       throw e;
+    }
+  },
+
+  async removeTree(path) {
+    try {
+      await Deno.remove(path, { recursive: true });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
   },
 
@@ -288,22 +300,14 @@ export const denoHost: Host = {
     }
   },
 
-  async httpGet(url, timeoutMs) {
-    try {
-      const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-      return { status: r.status, body: await r.text() };
-    } catch (e) {
-      if ((e as Error)?.name === "TimeoutError") return { error: "timeout" };
-      // Deno says only "fetch failed"; what happened is in the cause.
-      const cause = (e as Error)?.cause;
-      const text = `${(e as Error)?.message ?? e} ${cause instanceof Error ? cause.message : ""}`;
-      if (/refused|ECONNREFUSED/i.test(text)) return { error: "refused" };
-      if (/connection closed|reset|broken pipe|incomplete/i.test(text)) {
-        return { error: "connection closed without an answer" };
-      }
-      return { error: text.trim() };
-    }
-  },
+  httpGet: (url, timeoutMs) => request(url, {}, timeoutMs),
+
+  httpPostJson: (url, body, timeoutMs) =>
+    request(url, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    }, timeoutMs),
 
   async lock(path, timeoutMs, onWait) {
     const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
@@ -360,5 +364,23 @@ function writeAll(stream: typeof Deno.stdout | typeof Deno.stderr, text: string)
   } catch (e) {
     if (e instanceof Deno.errors.BrokenPipe) Deno.exit(stream === Deno.stdout ? 0 : 1);
     throw e;
+  }
+}
+
+/** One HTTP request, never throwing: refused, timeouts and closed connections are results. */
+async function request(url: string, init: RequestInit, timeoutMs: number): Promise<HttpResult> {
+  try {
+    const r = await fetch(url, { ...init, signal: AbortSignal.timeout(timeoutMs) });
+    return { status: r.status, body: await r.text() };
+  } catch (e) {
+    if ((e as Error)?.name === "TimeoutError") return { error: "timeout" };
+    // Deno says only "fetch failed"; what happened is in the cause.
+    const cause = (e as Error)?.cause;
+    const text = `${(e as Error)?.message ?? e} ${cause instanceof Error ? cause.message : ""}`;
+    if (/refused|ECONNREFUSED/i.test(text)) return { error: "refused" };
+    if (/connection closed|reset|broken pipe|incomplete/i.test(text)) {
+      return { error: "connection closed without an answer" };
+    }
+    return { error: text.trim() };
   }
 }

@@ -13,6 +13,8 @@ export interface Locations {
   configFile: string;
   /** Default host folder for Hugging Face downloads. */
   modelCache: string;
+  /** The engines' compile and JIT caches, one folder per engine (lychd's: --purge removes it). */
+  compileCacheDir: string;
   /** The target the active soulstone and the watchers are wanted by. */
   bootTarget: string;
   /** `systemctl` arguments that select the manager. */
@@ -27,6 +29,7 @@ export function locations(mode: Mode, env: (name: string) => string | undefined)
       dataDir: "/var/lib/lychd",
       configFile: "/etc/lychd/lychd.yaml",
       modelCache: "/var/lib/lychd/models",
+      compileCacheDir: "/var/lib/lychd/cache",
       bootTarget: "multi-user.target",
       systemctlScope: [],
     };
@@ -60,6 +63,9 @@ export function locations(mode: Mode, env: (name: string) => string | undefined)
     dataDir: `${xdg("XDG_DATA_HOME", `${homeDir}/.local/share`)}/lychd`,
     configFile: `${configHome}/lychd/lychd.yaml`,
     modelCache: `${homeDir}/.cache/huggingface`,
+    // Beside the model cache, under the home folder (like it, not under XDG_CACHE_HOME, which
+    // may point outside the folders the binary may write).
+    compileCacheDir: `${homeDir}/.cache/lychd`,
     bootTarget: "default.target",
     systemctlScope: ["--user"],
   };

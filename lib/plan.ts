@@ -8,6 +8,7 @@ import { BUILTIN_CARTRIDGES, DATASOURCE_UID, PROMETHEUS_PORT, STANDARD_PORT } fr
 import type { Locations } from "./paths.ts";
 import { renderTemplate } from "./units/render.ts";
 import {
+  compileCacheDirs,
   engineUnits,
   GRAFANA_DASHBOARDS_MOUNT,
   grafanaUnit,
@@ -104,7 +105,10 @@ export function buildPlan(config: LychdConfig, loc: Locations, configText: strin
     guarded: false,
   });
 
-  return { files, directories: [config.modelCache ?? loc.modelCache] };
+  return {
+    files,
+    directories: [config.modelCache ?? loc.modelCache, ...compileCacheDirs(config, loc)],
+  };
 }
 
 /** One scrape job per metrics path in use; "soulstone" for the standard /metrics. */

@@ -82,3 +82,32 @@ function errorMessage(body: string): string {
     return body.trim().split("\n")[0].slice(0, 80);
   }
 }
+
+export type WarmUp = { ok: true; ms: number } | { ok: false; why: string };
+
+/**
+ * One short completion, sent once the engine is healthy and before clients are told it is ready:
+ * its first request pays for lazy initialisation (kernels picked, graphs captured, caches
+ * filled) so that a client's does not. It must succeed: an engine that cannot answer one
+ * completion does not serve.
+ */
+export async function warmUp(host: Host, timeoutMs: number): Promise<WarmUp> {
+  const models = await host.httpGet(`${BASE_URL}/v1/models`, 5000);
+  const model = "status" in models && models.status === 200 ? modelIds(models.body)[0] : undefined;
+  const t0 = host.now();
+  const r = await host.httpPostJson(`${BASE_URL}/v1/completions`, {
+    ...(model ? { model } : {}),
+    prompt: "Hello",
+    max_tokens: 4,
+    temperature: 0,
+  }, timeoutMs);
+  const ms = host.now() - t0;
+  if ("error" in r) return { ok: false, why: r.error };
+  const said = r.body.replace(/[\x00-\x1f\x7f]+/g, " ").trim().slice(0, 200);
+  if (r.status !== 200) return { ok: false, why: `HTTP ${r.status}: ${said}` };
+  try {
+    const choices = JSON.parse(r.body)?.choices;
+    if (Array.isArray(choices) && choices.length > 0) return { ok: true, ms };
+  } catch { /* not JSON: said below */ }
+  return { ok: false, why: `HTTP 200 without a completion: ${said}` };
+}

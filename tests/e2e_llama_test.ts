@@ -152,6 +152,8 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
       const r = await lychd("swap", ...flags, "llama");
       assertEquals(r.code, EXIT.OK, r.stdout + r.stderr);
       console.log(`  ${r.stdout.trim()}`);
+      // The warm-up: the real server answered one short completion before the swap returned.
+      assertMatch(r.stdout, /, model loaded [0-9.]+ s, first request [0-9.]+ s\)$/m);
       await activeIs("llama");
       assertDeep(await models(target), [`${modelDir}/tiny.gguf`]);
       const c = await guest([

@@ -154,14 +154,17 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
       }
     });
 
+    const starts: Record<string, number> = {};
     for (const engine of ["llama", "vllm", "sglang", "llama"]) {
       await t.step(`swap to ${engine}`, async () => {
+        starts[engine] = (starts[engine] ?? 0) + 1;
         const r = await lychd("swap", ...flags, engine);
         assertEquals(r.code, 0, r.stdout + r.stderr);
         assertMatch(
           r.stdout,
           new RegExp(
-            `^${engine} ready in [0-9.]+ s \\(.*container up [0-9.]+ s, model loaded [0-9.]+ s\\)`,
+            `^${engine} ready in [0-9.]+ s \\(.*container up [0-9.]+ s, model loaded [0-9.]+ s, ` +
+              "first request [0-9.]+ s\\)",
           ),
         );
         console.log(`  ${r.stdout.trim()}`);
@@ -187,8 +190,22 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
           ]);
         }
         await assertServing(target, engine);
+        // Its compile cache: written by its first start, found by the next one, although its
+        // container was removed in between (assertServing saw only one soulstone container).
+        const who = await guest(["curl", "-fsS", "http://127.0.0.1:8081/whoami"]);
+        assertMatch(
+          who.stdout,
+          new RegExp(` cache=${starts[engine] === 1 ? "miss" : "hit"}$`, "m"),
+        );
       });
     }
+
+    await t.step("status reports each engine's compile cache", async () => {
+      const st = JSON.parse((await lychd("status", ...flags, "--json")).stdout);
+      const llama = st.engines.find((e: { name: string }) => e.name === "llama");
+      assertMatch(llama.compileCache.path, /\/(\.cache\/lychd|lib\/lychd\/cache)\/llama$/);
+      assert(llama.compileCache.bytes >= 64 * 1024, JSON.stringify(llama.compileCache));
+    });
 
     await t.step("the swap away from an engine that ignores SIGTERM had to kill it", async () => {
       // The sglang swap above stopped vllm, which ignores SIGTERM: the journal shows the kill.

@@ -70,11 +70,15 @@ for (const mode of ["user", "system"] as const) {
       assertDeep(unitValues(s["scribe.service"], "Install", "WantedBy"), [target]);
 
       const cache = mode === "user" ? `${TEST_HOME}/.cache/huggingface` : "/var/lib/lychd/models";
+      const compile = mode === "user" ? `${TEST_HOME}/.cache/lychd` : "/var/lib/lychd/cache";
       const vllmTail = [
         "--device",
         "nvidia.com/gpu=all",
         "-v",
         `${cache}:/root/.cache/huggingface:z`,
+        // The compile and JIT caches, kept in lychd's folder for the engine.
+        "-v",
+        `${compile}/vllm:/lychd/cache:z`,
         "--publish",
         "127.0.0.1:8081:8000",
         "--ipc=host",
@@ -87,7 +91,32 @@ for (const mode of ["user", "system"] as const) {
         "--port",
         "8000",
       ];
-      assertDeep(podmanArgv(s["soulstone-vllm.service"]).slice(-vllmTail.length), vllmTail);
+      // (The --env pairs, between the mounts and --publish, are checked on their own below.)
+      const vllmArgv = podmanArgv(s["soulstone-vllm.service"]);
+      const withoutEnv = vllmArgv.filter((w, i) => w !== "--env" && vllmArgv[i - 1] !== "--env");
+      assertDeep(withoutEnv.slice(-vllmTail.length), vllmTail);
+      // Each cache's variable reaches the engine, pointing into that mount.
+      const envOf = (service: string) => {
+        const argv = podmanArgv(s[service]);
+        return argv.flatMap((w, i) => (argv[i - 1] === "--env" ? [w] : [])).sort();
+      };
+      assertDeep(envOf("soulstone-vllm.service"), [
+        "CUDA_CACHE_PATH=/lychd/cache/cuda",
+        "FLASHINFER_WORKSPACE_BASE=/lychd/cache/flashinfer",
+        "TORCHINDUCTOR_CACHE_DIR=/lychd/cache/torchinductor",
+        "TRITON_CACHE_DIR=/lychd/cache/triton",
+        "VLLM_CACHE_ROOT=/lychd/cache/vllm",
+      ]);
+      assert(
+        envOf("soulstone-sglang.service").includes("SGLANG_JIT_CACHE_ROOT=/lychd/cache/sglang"),
+      );
+      assert(
+        podmanArgv(s["soulstone-sglang.service"]).includes(`${compile}/sglang:/lychd/cache:z`),
+      );
+      assertDeep(
+        envOf("soulstone-llama.service").filter((e) => e.startsWith("CUDA")),
+        ["CUDA_CACHE_PATH=/lychd/cache/cuda"],
+      );
       assertDeep(engineArgv(s["soulstone-sglang.service"], "docker.io/lmsysorg/sglang:v0.5.23"), [
         "python3",
         "-m",
@@ -162,7 +191,10 @@ cartridges:
     ]);
     const argv = podmanArgv(s["soulstone-vllm.service"]);
     const envs = argv.flatMap((w, i) => (argv[i - 1] === "--env" ? [w] : []));
-    assertDeep(envs.sort(), ["PLAIN=ok", 'PROMPT_PREFIX=say "hi" 100% of $TIME']);
+    assertDeep(envs.filter((e) => !e.includes("=/lychd/cache/")).sort(), [
+      "PLAIN=ok",
+      'PROMPT_PREFIX=say "hi" 100% of $TIME',
+    ]);
     const llama = podmanArgv(s["soulstone-llama.service"]);
     // The model file itself, read-only; never its folder (which :z would relabel as a whole).
     assert(
@@ -277,7 +309,8 @@ Deno.test({
     const s = await generate("offline: true\n", [], "user");
     const env = (name: string) => {
       const argv = podmanArgv(s[`soulstone-${name}.service`]);
-      return argv.filter((_, i) => argv[i - 1] === "--env");
+      // The compile cache variables are there in every mode (checked above).
+      return argv.filter((w, i) => argv[i - 1] === "--env" && !w.includes("=/lychd/cache/"));
     };
     assertDeep(env("vllm").sort(), ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"]);
     assertDeep(env("sglang").sort(), ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"]);

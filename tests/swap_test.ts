@@ -38,12 +38,18 @@ Deno.test("swap: stops the old engine, waits through refused and 503, reports th
   const engines = ENGINES();
   engines.llama.stopMs = 1200;
   engines.vllm.startMs = 700;
+  engines.vllm.warmupMs = 900;
   const fs = await installed(engines, "llama");
   assertEquals(await swap(fs.host, opts("vllm")), 0, fs.host.stderr);
   assertMatch(
     fs.host.stdout,
-    /^vllm ready in \d+\.\d s \(old engine stopped 1\.2 s, container up 0\.7 s, model loaded 3\.\d s\)\n$/,
+    /^vllm ready in \d+\.\d s \(old engine stopped 1\.2 s, container up 0\.7 s, model loaded 3\.\d s, first request 0\.9 s\)\n$/,
   );
+  // The warm-up: one short completion, to the model the engine lists, once it is healthy.
+  assertDeep(fs.completions, [{
+    engine: "soulstone-vllm.service",
+    body: { model: "Qwen/Qwen2.5-7B-Instruct", prompt: "Hello", max_tokens: 4, temperature: 0 },
+  }]);
   assertDeep(fs.bindFailures, []);
   assertEquals(
     fs.host.calls[0],
@@ -71,10 +77,10 @@ Deno.test("swap: waits for /v1/models to list the configured model, not just /he
   const fs = await installed(engines, "llama");
   // Healthy at once, but serving another model until the config is fixed: never ready.
   const http = fs.http.bind(fs);
-  fs.http = (url) =>
+  fs.http = (url, body) =>
     url.endsWith("/v1/models") && fs.state("soulstone-sglang.service").state === "active"
       ? { status: 200, body: '{"data":[{"id":"/models/other.gguf"}]}' }
-      : http(url);
+      : http(url, body);
   assertEquals(await swap(fs.host, opts("sglang", { timeoutSec: 5 })), EXIT.ROLLED_BACK);
   assertMatch(fs.host.stderr, /sglang: up, but serves \/models\/other\.gguf, not org\/sglang/);
   assertMatch(fs.host.stderr, /Rolling back to llama/);
@@ -327,4 +333,33 @@ Deno.test("logs: the active (or failed) engine by default, a named unit otherwis
     () => logs(fs.host, { config: setup, target: "tgi", follow: false, lines: 10 }),
     /no engine or watcher "tgi"; choose one of: llama, vllm, sglang, harvester, scribe/,
   );
+});
+
+Deno.test("swap: a warm-up that fails fails the swap and rolls back; warmup: false skips it", async () => {
+  const engines = ENGINES();
+  engines.vllm.warmupFails = true;
+  const fs = await installed(engines, "llama");
+  assertEquals(await swap(fs.host, opts("vllm")), EXIT.ROLLED_BACK);
+  assertMatch(
+    fs.host.stderr,
+    /vllm failed: healthy, but the warm-up request \(one short completion on http:\/\/127\.0\.0\.1:8081\/v1\/completions\) failed: HTTP 500: \{"error":\{"message":"CUDA error: an illegal memory access"\}\}/,
+  );
+  assertMatch(fs.host.stderr, /llama serves again, as before/);
+  // The rollback warmed llama up too before calling it served.
+  assertDeep(fs.completions.map((c) => c.engine), [
+    "soulstone-vllm.service",
+    "soulstone-llama.service",
+  ]);
+
+  // Turned off in lychd.yaml: no completion, and the report has no first-request time.
+  const off = await installed(ENGINES(), "llama");
+  const text = off.host.text(CONFIG)!;
+  assertMatch(text, /^ {2}vllm:\n/m);
+  off.host.files.set(CONFIG, {
+    data: new TextEncoder().encode(text.replace(/^ {2}vllm:\n/m, "  vllm:\n    warmup: false\n")),
+    mode: 0o600,
+  });
+  assertEquals(await swap(off.host, opts("vllm")), EXIT.OK, off.host.stderr);
+  assertDeep(off.completions, []);
+  assert(!off.host.stdout.includes("first request"), off.host.stdout);
 });

@@ -15,7 +15,12 @@ import { openSetup } from "../setup.ts";
 import { BASE_URL, probe } from "../readiness.ts";
 import { showUnits } from "../systemctl.ts";
 import { formatBytes, imageExists, imageSize, modelLocation } from "../images.ts";
-import { resolveEngines, soulstoneService } from "../units/model.ts";
+import {
+  compileCacheDir,
+  engineCacheDirs,
+  resolveEngines,
+  soulstoneService,
+} from "../units/model.ts";
 
 export interface StatusOptions {
   config: ConfigOptions;
@@ -47,6 +52,8 @@ export interface StatusReport {
     modelBytes: number | null;
     /** Why modelPresent is null, when lychd could not look: "outside lychd's read permission". */
     modelUnknown: string | null;
+    /** The engine's compile and JIT caches on this host (null: it has none), bytes (null: unknown). */
+    compileCache: { path: string; bytes: number | null } | null;
   }[];
   serving: { engine: string; health: string; models: string[] } | null;
   /** `healthy`: the watcher's own health endpoint answered 200 (Prometheus /-/ready, Grafana /api/health). */
@@ -109,6 +116,10 @@ export async function status(host: Host, options: StatusOptions): Promise<number
             : `could not look: ${(err as Error).message}`;
         }
       }
+      const cacheDir = engineCacheDirs(e, loc).length > 0 ? compileCacheDir(loc, e.name) : null;
+      const cacheBytes = cacheDir === null
+        ? null
+        : await host.diskUsage(cacheDir).then((b) => b ?? 0, () => null);
       return {
         name: e.name,
         unit: soulstoneService(e.name),
@@ -122,6 +133,7 @@ export async function status(host: Host, options: StatusOptions): Promise<number
         modelPresent: where && modelUnknown === null ? modelBytes !== null : null,
         modelBytes,
         modelUnknown: e.model ? modelUnknown : null,
+        compileCache: cacheDir === null ? null : { path: cacheDir, bytes: cacheBytes },
       };
     })),
     serving: active && p ? { engine: active.name, health: p.detail, models: p.models } : null,
@@ -160,6 +172,13 @@ function describe(r: StatusReport): string {
       `      model ${e.model ?? "-"} [${
         e.model ? have(e.modelPresent, e.modelBytes, e.modelUnknown) : "-"
       }]`,
+      ...(e.compileCache
+        ? [
+          `      compile cache ${e.compileCache.path} [${
+            e.compileCache.bytes === null ? "unknown" : formatBytes(e.compileCache.bytes)
+          }]`,
+        ]
+        : []),
     );
   }
   lines.push("  watchers:");

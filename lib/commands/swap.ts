@@ -14,7 +14,7 @@ import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import { imageExists } from "../images.ts";
 import { installUnits, withLock } from "../install.ts";
-import { BASE_URL, type Probe, probe } from "../readiness.ts";
+import { BASE_URL, type Probe, probe, warmUp } from "../readiness.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import {
   journalTail,
@@ -345,6 +345,20 @@ async function switchTo(
     await host.sleep(POLL_MS);
   }
   const readyAt = host.now();
+  let warmMs: number | null = null;
+  if (engine.settings.warmup) {
+    progress.phase("warming up: one short completion");
+    const w = await warmUp(host, Math.max(30_000, deadline - host.now()));
+    if (!w.ok) {
+      progress.done();
+      return {
+        ok: false,
+        reason: `healthy, but the warm-up request (one short completion on ${BASE_URL}/v1/` +
+          `completions) failed: ${w.why}`,
+      };
+    }
+    warmMs = w.ms;
+  }
   progress.done();
   const phases = [
     ...(stopping
@@ -356,10 +370,11 @@ async function switchTo(
       : []),
     `container up ${fmt(Math.max(0, upAt - (stoppedAt ?? t0)))}`,
     `model loaded ${fmt(Math.max(0, readyAt - upAt))}`,
+    ...(warmMs === null ? [] : [`first request ${fmt(warmMs)}`]),
   ];
   return {
     ok: true,
-    report: `${engine.name} ready in ${fmt(readyAt - t0)} (${phases.join(", ")})`,
+    report: `${engine.name} ready in ${fmt(host.now() - t0)} (${phases.join(", ")})`,
   };
 }
 

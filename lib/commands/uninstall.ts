@@ -3,12 +3,14 @@
  * files its manifest says it wrote and nobody edited since (edited ones are listed and kept
  * unless --force), reload systemd. Prometheus' and Grafana's data (volumes), the Grafana
  * password and lychd.yaml stay unless --purge; even then lychd.yaml goes only if lychd wrote it
- * (the user's own file needs --force). The model cache is never touched.
+ * (the user's own file needs --force), and --purge also removes the engines' compile caches
+ * (lychd's own folder). The model cache is never touched.
  */
 import { ownership, readManifest, writeManifest } from "../apply.ts";
 import type { ConfigOptions } from "../config/types.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
+import type { Locations } from "../paths.ts";
 import { GRAFANA_ADMIN_SECRET } from "../units/model.ts";
 import { daemonReload, systemctlLine, withLock } from "../install.ts";
 import { openSetup } from "../setup.ts";
@@ -74,6 +76,9 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
           VOLUMES.join(", ")
         } and the secret ${GRAFANA_ADMIN_SECRET}\n`,
       );
+      if (await host.exists(loc.compileCacheDir)) {
+        host.out(`would remove  ${loc.compileCacheDir} (the engines' compile caches)\n`);
+      }
     } else {host.out(
         "would keep Prometheus' and Grafana's data and lychd.yaml (--purge removes them)\n",
       );}
@@ -134,6 +139,7 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
         }
       }
       if (configKept) host.out(`kept     ${configKept}\n`);
+      if (!(await removeCompileCaches(host, loc))) failed = true;
     } else {
       host.out(
         `kept Prometheus' and Grafana's data (volumes ${
@@ -169,4 +175,29 @@ async function removeEmptyFolders(host: Host, dataDir: string, removed: string[]
   for (const d of [...dirs].sort((a, b) => b.length - a.length)) {
     await host.removeEmptyDir(d);
   }
+}
+
+/**
+ * The engines' compile caches: lychd's own folder, so --purge removes all of it. In user mode
+ * an engine that ran as a non-root user in its container left files owned by the user's
+ * subordinate IDs, which only `podman unshare` may delete.
+ */
+async function removeCompileCaches(host: Host, loc: Locations): Promise<boolean> {
+  const dir = loc.compileCacheDir;
+  if (!(await host.exists(dir))) return true;
+  try {
+    await host.removeTree(dir);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.PermissionDenied) || loc.mode !== "user") {
+      host.err(`could not remove ${dir}: ${(e as Error).message}\n`);
+      return false;
+    }
+    const r = await host.run("podman", ["unshare", "rm", "-rf", dir]);
+    if (r.code !== 0) {
+      host.err(`could not remove ${dir}: ${r.stderr.trim() || `exit ${r.code}`}\n`);
+      return false;
+    }
+  }
+  host.out(`removed  ${dir} (the engines' compile caches)\n`);
+  return true;
 }

@@ -47,4 +47,8 @@ export interface CartridgeSettings {
   port: number | null;
   healthPath: string | null;
   metricsPath: string | null;
+  /** Send one short completion after the health check, before the swap is done. */
+  warmup: boolean;
+  /** Folders inside the container kept in lychd's compile cache folder for the engine. */
+  caches: string[];
 }

@@ -45,6 +45,8 @@ const CARTRIDGE_KEYS = [
   "port",
   "health_path",
   "metrics_path",
+  "warmup",
+  "caches",
 ] as const;
 const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path"];
 const HARVESTER_KEYS = ["image", "scrape_interval", "retention"] as const;
@@ -67,6 +69,8 @@ export function defaultSettings(name: string): CartridgeSettings {
     port: null,
     healthPath: null,
     metricsPath: null,
+    warmup: builtinCartridge(name) !== undefined,
+    caches: [],
   };
 }
 
@@ -218,6 +222,9 @@ class Validator {
         "metrics_path",
         (v, p) => this.pattern(v, p, URL_PATH, "a URL path like /metrics"),
       ),
+      // A custom engine may not speak /v1/completions: warm-up is for it to opt into.
+      warmup: opt("warmup", (v, p) => this.boolean(v, p)) ?? builtin !== undefined,
+      caches: opt("caches", (v, p) => this.caches(v, p)) ?? [],
     };
   }
 
@@ -383,6 +390,28 @@ class Validator {
       return this.fail(path, `${JSON.stringify(raw)} is not a port number (1-65535)`);
     }
     return raw;
+  }
+
+  /** Folders inside the container to keep across restarts: absolute, distinct, no `..`. */
+  caches(raw: unknown, path: KeyPath): string[] | null {
+    if (!Array.isArray(raw)) {
+      return this.fail(
+        path,
+        `expected a list of folders inside the container, e.g. ["/root/.triton"], got ${
+          describe(raw)
+        }`,
+      );
+    }
+    const out: string[] = [];
+    raw.forEach((p, i) => {
+      const s = this.hostPath(p, [...path, i]);
+      if (s === null) return;
+      if (s.split("/").some((part) => part === "." || part === "..") || s === "/") {
+        this.fail([...path, i], `${JSON.stringify(s)}: expected a folder without . or .. parts`);
+      } else if (out.includes(s)) this.fail([...path, i], `${JSON.stringify(s)} is listed twice`);
+      else out.push(s.replace(/\/+$/, ""));
+    });
+    return out;
   }
 
   hostPath(raw: unknown, path: KeyPath): string | null {

@@ -6,6 +6,7 @@ import type { CartridgeSettings, GpuSpec, LychdConfig } from "../config/types.ts
 import {
   builtinCartridge,
   type Cartridge,
+  COMPILE_CACHE_MOUNT,
   GRAFANA_IMAGE,
   GRAFANA_PORT,
   PROMETHEUS_IMAGE,
@@ -141,6 +142,17 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       // its parent folder, which `:z` would relabel as a whole on an SELinux host (SECURITY.md).
       volumes.push(`${engine.model}:${engine.model}:ro,z`);
     }
+    // Compile and JIT caches: kept in a folder of lychd's per engine, so a restart (the
+    // container is removed at every stop) finds what the last start compiled.
+    const cacheDir = compileCacheDir(loc, engine.name);
+    const compileEnv: Record<string, string> = {};
+    if (cartridge && Object.keys(cartridge.compileCaches).length > 0) {
+      volumes.push(`${cacheDir}:${COMPILE_CACHE_MOUNT}:z`);
+      for (const [name, sub] of Object.entries(cartridge.compileCaches)) {
+        compileEnv[name] = `${COMPILE_CACHE_MOUNT}/${sub}`;
+      }
+    }
+    for (const path of settings.caches) volumes.push(`${cacheDir}/${cacheSlug(path)}:${path}:z`);
     const secrets = { ...config.secrets, ...settings.secrets };
     return {
       fileName: `soulstone-${engine.name}.container`,
@@ -152,6 +164,7 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       devices: gpuDevices(engine.gpu),
       volumes,
       environment: Object.entries({
+        ...compileEnv,
         ...cartridge?.env,
         ...(config.offline ? cartridge?.offline.env : {}),
         ...settings.env,
@@ -173,6 +186,30 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       wantedBy: engine.name === config.active ? loc.bootTarget : null,
     };
   });
+}
+
+/** The host folder of an engine's compile caches. */
+export function compileCacheDir(loc: Locations, engine: string): string {
+  return `${loc.compileCacheDir}/${engine}`;
+}
+
+/** The host folders an engine's unit mounts for its compile caches ([]: it has none). */
+export function engineCacheDirs(engine: Engine, loc: Locations): string[] {
+  const dir = compileCacheDir(loc, engine.name);
+  return [
+    ...(engine.cartridge && Object.keys(engine.cartridge.compileCaches).length > 0 ? [dir] : []),
+    ...engine.settings.caches.map((p) => `${dir}/${cacheSlug(p)}`),
+  ];
+}
+
+/** Every engine's cache folders (created by init). */
+export function compileCacheDirs(config: LychdConfig, loc: Locations): string[] {
+  return resolveEngines(config).flatMap((e) => engineCacheDirs(e, loc));
+}
+
+/** "/root/.triton/cache" -> "root_.triton_cache": one folder name per cache path. */
+function cacheSlug(path: string): string {
+  return path.replace(/^\/+/, "").replaceAll("/", "_");
 }
 
 function gpuDevices(gpu: GpuSpec): string[] {

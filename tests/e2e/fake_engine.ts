@@ -2,13 +2,15 @@
  * A stand-in inference engine for the systemd-sandbox tests, run in a container built by
  * `sdsandbox image`. It takes the command line lychd gives the real engine and behaves like
  * one: it listens on the `--port` it is given, answers /health 503 "Loading model" until it
- * has "loaded" (llama.cpp's sequence), then 200, lists its model in /v1/models and serves a
- * small /metrics. /whoami says which port (hence which engine) answered.
+ * has "loaded" (llama.cpp's sequence), then 200, lists its model in /v1/models, answers
+ * /v1/completions with a tiny completion (lychd's warm-up) and serves a small /metrics. /whoami says which port (hence which engine) answered.
  *
  * Test switches (appended through the cartridge's `args` in lychd.yaml):
  *   --fake-load-ms N        time from start to ready (default 1000)
  *   --fake-never-ready      stay at 503 forever
  *   --fake-ignore-sigterm   keep running on SIGTERM, like llama.cpp with clients connected
+ * /whoami also says whether its compile cache (VLLM_CACHE_ROOT, SGLANG_JIT_CACHE_ROOT or
+ * CUDA_CACHE_PATH, as lychd sets them) held what an earlier start wrote: cache=hit|miss|none.
  */
 const args = Deno.args;
 const flag = (name: string) => {
@@ -23,6 +25,23 @@ const loadMs = Number(flag("--fake-load-ms") ?? 1000);
 const neverReady = args.includes("--fake-never-ready");
 const started = Date.now();
 let requests = 0;
+
+// Like a real engine's compile cache: the first start "compiles" into the folder lychd points
+// it to, a later start finds it there (cache=hit), even though its container was removed.
+const cacheDir = Deno.env.get("VLLM_CACHE_ROOT") ?? Deno.env.get("SGLANG_JIT_CACHE_ROOT") ??
+  Deno.env.get("CUDA_CACHE_PATH");
+let cache = "none";
+if (cacheDir) {
+  const artefact = `${cacheDir}/fake-compiled.bin`;
+  try {
+    await Deno.stat(artefact);
+    cache = "hit";
+  } catch {
+    await Deno.mkdir(cacheDir, { recursive: true });
+    await Deno.writeFile(artefact, new Uint8Array(64 * 1024));
+    cache = "miss";
+  }
+}
 
 Deno.addSignalListener("SIGTERM", () => {
   if (args.includes("--fake-ignore-sigterm")) {
@@ -78,10 +97,20 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
     case "/argv":
       // The exact words the engine was started with, after Quadlet, systemd and Podman.
       return Response.json(args);
+    case "/v1/completions":
+      // lychd's warm-up (and any client): a tiny completion once "loaded".
+      return ready
+        ? Response.json({
+          object: "text_completion",
+          model,
+          choices: [{ index: 0, text: " fake" }],
+        })
+        : Response.json({ error: { code: 503, message: "Loading model" } }, { status: 503 });
     case "/whoami":
       // ready_at: when /health turned 200, in ms since the epoch (for scripts/bench_swap.ts).
       return new Response(
-        `port=${port} model=${model} ready_at=${neverReady ? "never" : started + loadMs}\n`,
+        `port=${port} model=${model} ready_at=${neverReady ? "never" : started + loadMs} ` +
+          `cache=${cache}\n`,
       );
     case "/metrics":
       requests++;

@@ -9,7 +9,8 @@ export interface FakeHostOptions {
   /** Throw on the Nth call to writeFileAtomic (1-based), to simulate a crash there. */
   failOnWrite?: number;
   /** Answers for HTTP GETs (the engine on port 8081); default: connection refused. */
-  http?: (url: string) => HttpResult;
+  /** Answers for HTTP requests; `body` is the JSON text of a POST. */
+  http?: (url: string, body?: string) => HttpResult;
 }
 
 export class FakeHost implements Host {
@@ -58,11 +59,23 @@ export class FakeHost implements Host {
     );
   }
 
+  removeTree(path: string) {
+    for (const p of [...this.files.keys()]) {
+      if (p === path || p.startsWith(`${path}/`)) this.files.delete(p);
+    }
+    this.dirs.forEach((d) => (d === path || d.startsWith(`${path}/`)) && this.dirs.delete(d));
+    return Promise.resolve();
+  }
+
   removeEmptyDir() {
     return Promise.resolve();
   }
 
-  mkdirp() {
+  /** Folders created with mkdirp. */
+  dirs = new Set<string>();
+
+  mkdirp(path: string) {
+    this.dirs.add(path);
     return Promise.resolve();
   }
 
@@ -100,8 +113,12 @@ export class FakeHost implements Host {
     return Promise.resolve(this.files.has(path) ? this.mtimes.get(path) ?? 0 : null);
   }
 
+  /** A file, a folder made with mkdirp, or a folder that holds a file. */
   exists(path: string) {
-    return Promise.resolve(this.files.has(path));
+    return Promise.resolve(
+      this.files.has(path) || this.dirs.has(path) ||
+        [...this.files.keys()].some((p) => p.startsWith(`${path}/`)),
+    );
   }
 
   absolute(path: string) {
@@ -117,6 +134,14 @@ export class FakeHost implements Host {
   httpGet(url: string, _timeoutMs: number): Promise<HttpResult> {
     this.clock += 1;
     return Promise.resolve(this.options.http?.(url) ?? { error: "refused" });
+  }
+
+  posts: { url: string; body: unknown }[] = [];
+
+  httpPostJson(url: string, body: unknown, _timeoutMs: number): Promise<HttpResult> {
+    this.clock += 1;
+    this.posts.push({ url, body });
+    return Promise.resolve(this.options.http?.(url, JSON.stringify(body)) ?? { error: "refused" });
   }
 
   lock(_path: string, _timeoutMs: number, _onWait: () => void) {

@@ -33,6 +33,10 @@ export interface EngineScript {
   startMs?: number;
   /** The cartridge's gpu: (default: lychd's default, nvidia). */
   gpu?: string;
+  /** ms the first completion takes (default 100); the clock moves by it. */
+  warmupMs?: number;
+  /** The first completion fails (HTTP 500). */
+  warmupFails?: boolean;
 }
 
 interface Unit {
@@ -65,7 +69,7 @@ export class FakeSystemd {
     this.host = new FakeHost({
       files,
       programs: (program, args) => this.program(program, args),
-      http: (url) => this.http(url),
+      http: (url, body) => this.http(url, body),
     });
     for (const name of Object.keys(engines)) this.unit(`soulstone-${name}.service`);
     if (active) this.activate(`soulstone-${active}.service`);
@@ -316,10 +320,13 @@ export class FakeSystemd {
     return props.map((p) => `${p}=${values[p] ?? ""}`).join("\n");
   }
 
+  /** The completions the engines got (the warm-up), with the engine that answered. */
+  completions: { engine: string; body: unknown }[] = [];
+
   /** Ports of the watchers that answer their health endpoint (Prometheus 9090, Grafana 3000). */
   watchersUp = new Set<number>();
 
-  http(url: string): HttpResult {
+  http(url: string, body?: string): HttpResult {
     const port = Number(new URL(url).port);
     if (port !== 8081) {
       return this.watchersUp.has(port) ? { status: 200, body: "ok" } : { error: "refused" };
@@ -332,6 +339,13 @@ export class FakeSystemd {
     const age = this.host.clock - this.unit(active).since;
     if (age < (script.refusedMs ?? 0)) return { error: "refused" };
     const ready = script.readyMs !== null && age >= (script.readyMs ?? 0);
+    if (url.endsWith("/v1/completions") && body !== undefined) {
+      this.host.clock += script.warmupMs ?? 100;
+      this.completions.push({ engine: active, body: JSON.parse(body) });
+      return script.warmupFails
+        ? { status: 500, body: '{"error":{"message":"CUDA error: an illegal memory access"}}' }
+        : { status: 200, body: '{"choices":[{"text":" there","index":0}]}' };
+    }
     if (url.endsWith("/v1/models")) {
       return {
         status: 200,

@@ -346,7 +346,7 @@ export function buildFakeEngineImage(
     changes: [
       "ENV DENO_NO_UPDATE_CHECK=1",
       "ENV DENO_DIR=/app/.deno",
-      `ENTRYPOINT ["${deno}", "run", "--allow-net", "--allow-env", "/app/engine.ts"]`,
+      `ENTRYPOINT ["${deno}", "run", "--allow-net", "--allow-env", "--allow-read", "--allow-write", "/app/engine.ts"]`,
     ],
   });
 }
