@@ -43,6 +43,8 @@ export interface Host {
   modifiedAt(path: string): Promise<number | null>;
   /** The permission bits of a file or device, or null if it does not exist. */
   fileMode(path: string): Promise<number | null>;
+  /** Where a symbolic link points, or null if `path` is not a link. */
+  readLink(path: string): Promise<string | null>;
   /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
   diskUsage(path: string): Promise<number | null>;
   /** `path` made absolute against the working folder. */
@@ -238,6 +240,17 @@ export const denoHost: Host = {
       return ((await Deno.stat(path)).mode ?? 0) & 0o7777;
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return null;
+      throw e;
+    }
+  },
+
+  async readLink(path) {
+    try {
+      return await Deno.readLink(path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.InvalidData) return null;
+      // Not a link: EINVAL.
+      if ((e as Error).message.includes("Invalid argument")) return null;
       throw e;
     }
   },

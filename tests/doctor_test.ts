@@ -6,6 +6,24 @@ import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.
 import { FakeSystemd } from "./support/fake_systemd.ts";
 
 const NVIDIA_SMI_L = "GPU 0: NVIDIA H200 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n"; // fixture nvidia-smi-580
+/** The capture's driver (nvidia-smi-580: "DRIVER version : 580.159.04"). */
+const DRIVER = { code: 0, stdout: "580.159.04\n", stderr: "" };
+/**
+ * The lines of a CDI spec that name the driver's libraries, as `nvidia-ctk cdi generate` writes
+ * them (INVENTED for the test: the captured host had no CDI spec).
+ */
+const cdiSpec = (driver: string) =>
+  `cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ncontainerEdits:\n  mounts:\n` +
+  `  - hostPath: /usr/lib/x86_64-linux-gnu/libcuda.so.${driver}\n` +
+  `    containerPath: /usr/lib/x86_64-linux-gnu/libcuda.so.${driver}\n` +
+  `  - hostPath: /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.${driver}\n`;
+/** `df -P -k` (coreutils' format) with `used`% used. */
+const df = (used: number) => ({
+  code: 0,
+  stdout: `Filesystem     1024-blocks      Used Available Capacity Mounted on\n` +
+    `/dev/nvme0n1p2  1921725720 ${Math.round(19217257 * used)} 100000000      ${used}% /\n`,
+  stderr: "",
+});
 const setup = { system: false, configPath: null, overrides: [] };
 
 function host(programs: Record<string, RunResult>, files: Record<string, string>) {
@@ -23,11 +41,18 @@ Deno.test("doctor: a good host passes every check", async () => {
   const { fs } = host({
     "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
     "nvidia-smi -L": { code: 0, stdout: NVIDIA_SMI_L, stderr: "" },
+    "nvidia-smi --query-gpu=driver_version --format=csv,noheader": DRIVER,
+    "podman info --format {{.Host.CgroupManager}}": { code: 0, stdout: "systemd\n", stderr: "" },
+    df: df(41),
   }, {
     "/usr/libexec/podman/quadlet": "",
     "/var/lib/systemd/linger/ada": "",
-    "/etc/cdi/nvidia.yaml": "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n",
+    "/etc/cdi/nvidia.yaml": cdiSpec("580.159.04"),
   });
+  // What `nvidia-ctk system create-dev-char-symlinks` makes (majors from the capture's ls).
+  fs.host.links.set("/dev/char/195:255", "../nvidiactl");
+  fs.host.links.set("/dev/char/195:0", "../nvidia0");
+  fs.host.links.set("/dev/char/238:0", "../nvidia-uvm");
   fs.host.openPorts.add(8081);
   await init(fs.host, {
     config: { ...setup, overrides: [{ path: ["engines"], value: ["llama", "vllm"], flag: "x" }] },
@@ -47,7 +72,57 @@ Deno.test("doctor: a good host passes every check", async () => {
   assertMatch(out, /^PASS {2}port 8081: held by lychd's soulstone-llama\.service$/m);
   assertMatch(out, /^PASS {2}port 9090: free$/m);
   assertMatch(out, /^PASS {2}lychd's files: 11 present and unmodified$/m);
+  assertMatch(
+    out,
+    /^PASS {2}CDI spec and driver: \/etc\/cdi\/nvidia\.yaml matches driver 580\.159\.04$/m,
+  );
+  assertMatch(
+    out,
+    /^PASS {2}GPUs after daemon-reload: \/dev\/char links the NVIDIA devices \(3\)$/m,
+  );
+  assertMatch(
+    out,
+    /^PASS {2}disk space for the model cache: \/home\/ada\/\.cache\/huggingface: its filesystem is 41% full$/m,
+  );
   assertMatch(out, /0 failed\.$/m);
+});
+
+Deno.test("doctor: the GPU host's traps: a CDI spec older than the driver, no /dev/char links, a full disk", async () => {
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "nvidia-smi -L": { code: 0, stdout: NVIDIA_SMI_L, stderr: "" },
+    "nvidia-smi --query-gpu=driver_version --format=csv,noheader": DRIVER,
+    "podman info --format {{.Host.CgroupManager}}": { code: 0, stdout: "systemd\n", stderr: "" },
+    df: df(99),
+  }, { "/etc/cdi/nvidia.yaml": cdiSpec("570.133.20") });
+  assertEquals(await doctor(fs.host, { config: setup }), 1);
+  const out = fs.host.stdout;
+  assertMatch(
+    out,
+    /^FAIL {2}CDI spec and driver: \/etc\/cdi\/nvidia\.yaml was generated for driver 570\.133\.20, the driver is 580\.159\.04 now.*\n +fix: regenerate it: sudo nvidia-ctk cdi generate --output=\/etc\/cdi\/nvidia\.yaml/m,
+  );
+  assertMatch(
+    out,
+    /^WARN {2}GPUs after daemon-reload: \/dev\/char has no links to nvidiactl and nvidia-uvm and Podman's cgroup manager is systemd.*Failed to initialize NVML.*\n +fix: sudo nvidia-ctk system create-dev-char-symlinks --create-all/m,
+  );
+  assertMatch(
+    out,
+    /^FAIL {2}disk space for the compile caches: \/home\/ada\/\.cache\/lychd: its filesystem is 99% full/m,
+  );
+
+  // With the cgroupfs manager a daemon-reload cannot take the GPUs away; 92% full is a warning.
+  const { fs: fs2 } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    "nvidia-smi -L": { code: 0, stdout: NVIDIA_SMI_L, stderr: "" },
+    "podman info --format {{.Host.CgroupManager}}": { code: 0, stdout: "cgroupfs\n", stderr: "" },
+    df: df(92),
+  }, {});
+  await doctor(fs2.host, { config: setup });
+  assertMatch(
+    fs2.host.stdout,
+    /^PASS {2}GPUs after daemon-reload: Podman's cgroup manager is cgroupfs/m,
+  );
+  assertMatch(fs2.host.stdout, /^WARN {2}disk space for the model cache: .*92% full/m);
 });
 
 Deno.test("doctor: a bad host fails with the fix for each problem", async () => {
@@ -83,6 +158,7 @@ Deno.test("doctor on a fresh host: only the hint to run init, and exit 0", async
   const { fs } = host({
     "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
     "nvidia-smi -L": { code: 0, stdout: NVIDIA_SMI_L, stderr: "" },
+    "podman info --format {{.Host.CgroupManager}}": { code: 0, stdout: "cgroupfs\n", stderr: "" },
   }, {
     // Where scripts/install-quadlet.sh puts the generator on a host whose Podman lacks it.
     "/usr/local/libexec/podman/quadlet": "",

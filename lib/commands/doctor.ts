@@ -47,6 +47,10 @@ export async function doctor(host: Host, options: { config: ConfigOptions }): Pr
     ...await checkSystemd(host, loc),
     ...(loc.mode === "user" ? [await checkLinger(host)] : []),
     ...(engines.some((e) => e.gpu.vendor === "nvidia") ? await checkNvidia(host) : []),
+    ...await checkDiskSpace(host, [
+      ["model cache", config.modelCache ?? loc.modelCache],
+      ["compile caches", loc.compileCacheDir],
+    ]),
     ...(engines.some((e) => e.gpu.vendor === "amd") ? await checkAmd(host, loc) : []),
     ...await checkPorts(host, loc, engines),
     ...await checkUnits(host, loc),
@@ -220,7 +224,136 @@ async function checkNvidia(host: Host): Promise<Check[]> {
         fix: "install the NVIDIA driver, or choose gpu: amd or cpu",
       },
   );
+  if (spec) checks.push(...await checkCdiDriver(host, spec));
+  if (smi.code === 0) checks.push(await checkDevCharLinks(host));
   return checks;
+}
+
+/** "580.159.04" from `nvidia-smi --query-gpu=driver_version --format=csv,noheader`. */
+export function driverVersion(csv: string): string | null {
+  return csv.split("\n").map((l) => l.trim()).find((l) => /^\d+\.\d+/.test(l)) ?? null;
+}
+
+/** The driver versions a CDI spec was generated for: the `.so.X.Y.Z` of the libraries it mounts. */
+export function cdiDriverVersions(spec: string): string[] {
+  return [...new Set([...spec.matchAll(/\.so\.(\d{3}\.\d+(?:\.\d+)?)\b/g)].map((m) => m[1]))];
+}
+
+/**
+ * A CDI spec is a snapshot of the driver it was generated for: after a driver update it names
+ * libraries that are gone, and the engine's container fails to start (or starts without them).
+ */
+async function checkCdiDriver(host: Host, spec: string): Promise<Check[]> {
+  const r = await host.run("nvidia-smi", ["--query-gpu=driver_version", "--format=csv,noheader"]);
+  const driver = r.code === 0 ? driverVersion(r.stdout) : null;
+  const text = new TextDecoder().decode(await host.readFile(spec) ?? new Uint8Array());
+  const versions = cdiDriverVersions(text);
+  if (!driver || versions.length === 0) return [];
+  const name = "CDI spec and driver";
+  return [
+    versions.includes(driver)
+      ? { verdict: "pass", name, detail: `${spec} matches driver ${driver}` }
+      : {
+        verdict: "fail",
+        name,
+        detail:
+          `${spec} was generated for driver ${versions.join(", ")}, the driver is ${driver} ` +
+          "now: the libraries it mounts are gone",
+        fix:
+          `regenerate it: sudo nvidia-ctk cdi generate --output=${spec} (after every driver update)`,
+      },
+  ];
+}
+
+/**
+ * The known trap (NVIDIA container toolkit #48 and #1227, nvidia-docker #1730): when systemd
+ * manages a container's cgroup, the runtime gives systemd the container's devices as
+ * /dev/char/MAJOR:MINOR paths; the NVIDIA device nodes have no such links unless someone makes
+ * them, so at the next `systemctl daemon-reload` (which lychd runs on every init and swap)
+ * systemd re-applies a device list without the GPUs, and the engine fails with "Failed to
+ * initialize NVML: Unknown Error". Podman with the cgroupfs manager is not affected.
+ */
+async function checkDevCharLinks(host: Host): Promise<Check> {
+  const name = "GPUs after daemon-reload";
+  const info = await host.run("podman", ["info", "--format", "{{.Host.CgroupManager}}"]);
+  const manager = (info.code === 0 && info.stdout.trim()) || "unknown";
+  if (manager === "cgroupfs") {
+    return {
+      verdict: "pass",
+      name,
+      detail: "Podman's cgroup manager is cgroupfs: a daemon-reload cannot take the GPUs away",
+    };
+  }
+  const targets = await Promise.all(
+    (await host.listDir("/dev/char")).map((l) => host.readLink(`/dev/char/${l}`)),
+  );
+  const linked = targets.filter((t) => t !== null && /(^|\/)nvidia/.test(t));
+  const hasCtl = linked.some((t) => /nvidiactl$/.test(t!));
+  const hasUvm = linked.some((t) => /nvidia-uvm$/.test(t!));
+  if (hasCtl && hasUvm) {
+    return {
+      verdict: "pass",
+      name,
+      detail: `/dev/char links the NVIDIA devices (${linked.length})`,
+    };
+  }
+  return {
+    verdict: "warn",
+    name,
+    detail:
+      `/dev/char has no links to ${
+        [hasCtl ? null : "nvidiactl", hasUvm ? null : "nvidia-uvm"].filter((x) => x).join(" and ")
+      } and Podman's cgroup manager is ${manager}: after a \`systemctl daemon-reload\` (lychd runs ` +
+      'one on every init and swap) running engines can lose their GPUs ("Failed to initialize ' +
+      'NVML: Unknown Error")',
+    fix:
+      "sudo nvidia-ctk system create-dev-char-symlinks --create-all, and at every boot (a udev " +
+      "rule: NVIDIA container toolkit issue #48)",
+  };
+}
+
+/** `df -P -k PATH` -> percent used, or null. */
+export function dfUsedPercent(out: string): number | null {
+  const line = out.trim().split("\n")[1];
+  const m = line?.match(/\s(\d+)%\s/);
+  return m ? Number(m[1]) : null;
+}
+
+/** The folders that grow by gigabytes (models, compile caches): a full disk fails a load late. */
+async function checkDiskSpace(host: Host, folders: [string, string][]): Promise<Check[]> {
+  const out: Check[] = [];
+  for (const [what, path] of folders) {
+    // df needs a path that exists: the nearest existing parent is on the same filesystem.
+    let at = path;
+    try {
+      while (at !== "/" && !(await host.exists(at))) at = at.slice(0, at.lastIndexOf("/")) || "/";
+    } catch {
+      at = path; // outside lychd's read permission: df (a program) may still look
+    }
+    const r = await host.run("df", ["-P", "-k", at]);
+    const used = r.code === 0 ? dfUsedPercent(r.stdout) : null;
+    if (used === null) continue;
+    const name = `disk space for the ${what}`;
+    const detail = `${path}: its filesystem is ${used}% full`;
+    out.push(
+      used >= 98
+        ? {
+          verdict: "fail",
+          name,
+          detail,
+          fix: "free space, or move it (model_cache in lychd.yaml)",
+        }
+        : used >= 90
+        ? {
+          verdict: "warn",
+          name,
+          detail,
+          fix: "free space before the next model download or compile",
+        }
+        : { verdict: "pass", name, detail },
+    );
+  }
+  return out;
 }
 
 async function checkAmd(host: Host, loc: Locations): Promise<Check[]> {

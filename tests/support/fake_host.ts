@@ -52,7 +52,7 @@ export class FakeHost implements Host {
   listDir(path: string) {
     const prefix = `${path}/`;
     return Promise.resolve(
-      [...this.files.keys()].filter((p) =>
+      [...this.files.keys(), ...this.links.keys()].filter((p) =>
         p.startsWith(prefix) && !p.slice(prefix.length).includes("/")
       )
         .map((p) => p.slice(prefix.length)),
@@ -90,6 +90,13 @@ export class FakeHost implements Host {
     const r = await this.run(program, args);
     for (const line of (r.stdout + r.stderr).split("\n")) if (line.trim()) onLine(line);
     return r.code;
+  }
+
+  /** Symbolic links: path -> target. */
+  links = new Map<string, string>();
+
+  readLink(path: string) {
+    return Promise.resolve(this.links.get(path) ?? null);
   }
 
   fileMode(path: string) {
