@@ -7,6 +7,7 @@
  */
 import type { Host } from "./host.ts";
 import { STANDARD_PORT } from "./engines.ts";
+import { printable } from "./text.ts";
 
 export type ProbeState = "down" | "loading" | "wrong-model" | "ready";
 
@@ -103,7 +104,7 @@ export async function warmUp(host: Host, timeoutMs: number): Promise<WarmUp> {
   }, timeoutMs);
   const ms = host.now() - t0;
   if ("error" in r) return { ok: false, why: r.error };
-  const said = r.body.replace(/[\x00-\x1f\x7f]+/g, " ").trim().slice(0, 200);
+  const said = printable(r.body).replace(/\s+/g, " ").trim().slice(0, 200);
   if (r.status !== 200) return { ok: false, why: `HTTP ${r.status}: ${said}` };
   try {
     const choices = JSON.parse(r.body)?.choices;

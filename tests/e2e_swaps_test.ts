@@ -18,13 +18,14 @@ import {
   type Target,
 } from "./support/target.ts";
 
-const ENGINES = ["llama", "sglang", "vllm", "broken", "late"];
+const ENGINES = ["llama", "sglang", "vllm", "broken", "late", "coldfail"];
 const PORTS: Record<string, number> = {
   llama: 8080,
   sglang: 30000,
   vllm: 8000,
   broken: 9000,
   late: 7000,
+  coldfail: 6000,
 };
 const TRICKY = `100% of $HOME and \${USER}, %h %n, 'single' "double" back\\slash`;
 
@@ -32,7 +33,7 @@ const TRICKY = `100% of $HOME and \${USER}, %h %n, 'single' "double" back\\slash
 const LATE_IMAGE = "localhost/lychd-fake-engine-late:1";
 
 function config(image: string, prometheus: string): string {
-  return `engines: [llama, sglang, vllm, broken, late]
+  return `engines: [llama, sglang, vllm, broken, late, coldfail]
 active: llama
 gpu: cpu
 harvester:
@@ -64,6 +65,13 @@ cartridges:
     port: 7000
     model: late-model
     args: [late-model, --port, "7000"]
+  coldfail:
+    # Healthy and listing its model, but it cannot answer a completion: the warm-up must catch it.
+    image: ${image}
+    port: 6000
+    model: cold-model
+    warmup: true
+    args: [cold-model, --port, "6000", --fake-load-ms, "300", --fake-completions-fail]
 `;
 }
 
@@ -277,6 +285,17 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
       );
       assertMatch(r.stderr, /Last lines of soulstone-broken\.service's journal/);
       assertMatch(r.stderr, /Rolling back to llama/);
+      assertMatch(r.stderr, /llama serves again, as before/);
+      await assertServing(target, "llama");
+    });
+
+    await t.step("a swap to an engine that fails its warm-up rolls back", async () => {
+      const r = await lychd("swap", ...flags, "coldfail");
+      assertEquals(r.code, EXIT.ROLLED_BACK, r.stdout + r.stderr);
+      assertMatch(
+        r.stderr,
+        /coldfail failed: healthy, but the warm-up request \(one short completion on \S+\) failed: HTTP 500: .*fake: out of memory/,
+      );
       assertMatch(r.stderr, /llama serves again, as before/);
       await assertServing(target, "llama");
     });

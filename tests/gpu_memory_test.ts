@@ -38,7 +38,7 @@ const ENGINES = (): Record<string, EngineScript> => ({
 
 /** nvidia-smi answering `answer(now)` to the compute-apps query; every call recorded. */
 function fakeSmi(fs: FakeSystemd, answer: (now: number) => RunResult) {
-  fs.extraPrograms = (program, args) => program === "nvidia-smi" ? answer(fs.host.clock) : null;
+  fs.extraPrograms = (program) => program === "nvidia-smi" ? answer(fs.host.clock) : null;
 }
 const ok = (stdout: string): RunResult => ({ code: 0, stdout, stderr: "" });
 

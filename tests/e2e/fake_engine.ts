@@ -9,6 +9,7 @@
  *   --fake-load-ms N        time from start to ready (default 1000)
  *   --fake-never-ready      stay at 503 forever
  *   --fake-ignore-sigterm   keep running on SIGTERM, like llama.cpp with clients connected
+ *   --fake-completions-fail healthy and listing its model, but every completion is a 500
  * /whoami also says whether its compile cache (VLLM_CACHE_ROOT, SGLANG_JIT_CACHE_ROOT or
  * CUDA_CACHE_PATH, as lychd sets them) held what an earlier start wrote: cache=hit|miss|none.
  */
@@ -99,6 +100,11 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
       return Response.json(args);
     case "/v1/completions":
       // lychd's warm-up (and any client): a tiny completion once "loaded".
+      if (args.includes("--fake-completions-fail")) {
+        return Response.json({ error: { code: 500, message: "fake: out of memory" } }, {
+          status: 500,
+        });
+      }
       return ready
         ? Response.json({
           object: "text_completion",
