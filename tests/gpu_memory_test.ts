@@ -146,3 +146,12 @@ Deno.test("gpu: with chosen GPUs, only a process on those GPUs counts", async ()
   assertEquals(await swap(fs2.host, opts("vllm")), EXIT.ROLLED_BACK);
   assertMatch(fs2.host.stderr, /PID 429 \(python3\) holds 19592 MiB on GPU-6666/);
 });
+
+Deno.test("gpu: an AMD engine's swap says its GPU memory was not checked", async () => {
+  const engines = ENGINES();
+  engines.vllm.gpu = "amd";
+  const fs = await installedSystemd(engines, "llama");
+  assertEquals(await swap(fs.host, opts("vllm")), EXIT.OK, fs.host.stderr);
+  assertMatch(fs.host.stderr, /GPU memory not checked: lychd checks it on NVIDIA GPUs only/);
+  assert(!fs.host.calls.some((c) => c.startsWith("nvidia-smi")), "nvidia-smi asked about AMD");
+});

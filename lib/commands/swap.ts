@@ -237,6 +237,10 @@ async function switchTo(
   );
   const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
   const gpuCheck = checkGpu && engine.gpu.vendor === "nvidia";
+  if (checkGpu && engine.gpu.vendor === "amd") {
+    // No captured output of the ROCm tools to build a parser on: say so rather than guess.
+    progress.note("GPU memory not checked: lychd checks it on NVIDIA GPUs only");
+  }
   try {
     if (stopping) await stopWithConfiguredTimeout(host, stopping, progress);
     if (gpuCheck) {
