@@ -4,6 +4,7 @@
  * was, or accepted, and then the REAL Quadlet generator must turn it into exactly the intended
  * podman arguments, with no extra key or line in the unit. The last test reports the counts.
  */
+import { builtinCartridge } from "../lib/engines.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { type Sandbox, sandbox } from "./support/cli.ts";
 import { execStartArgv } from "./support/systemd_exec.ts";
@@ -552,7 +553,10 @@ for (const c of ACCEPTED) {
         const image = unitValues(unit, "Container", "Image")[0];
         if (c.argv) assertDeep(argv.slice(argv.indexOf(image) + 1), c.argv);
         const pick = (flag: string) => argv.filter((_, i) => argv[i - 1] === flag);
-        if (c.env) assertDeep(pick("--env").sort(), [...c.env].sort());
+        // Besides the case's own values, exactly the engine's compile cache variables.
+        const cacheEnv = Object.entries(builtinCartridge(c.engine)?.compileCaches ?? {})
+          .map(([name, sub]) => `${name}=/lychd/cache/${sub}`);
+        if (c.env) assertDeep(pick("--env").sort(), [...c.env, ...cacheEnv].sort());
         if (c.devices) assertDeep(pick("--device"), c.devices);
         tally.accepted++;
       } catch (e) {
