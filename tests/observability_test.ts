@@ -62,14 +62,14 @@ async function waitForData(
   return missing;
 }
 
-/** Poll until `expr` returns a series (or the deadline). */
-async function waitFor(prom: PrometheusServer, expr: string, seconds = 60): Promise<boolean> {
+/** Poll until `expr` returns a series; fails, naming it, after `seconds`. */
+async function waitFor(prom: PrometheusServer, expr: string, seconds = 60): Promise<void> {
   const deadline = Date.now() + seconds * 1000;
   while (Date.now() < deadline) {
-    if ((await prom.query(expr)).length > 0) return true;
+    if ((await prom.query(expr)).length > 0) return;
     await new Promise((r) => setTimeout(r, 250));
   }
-  return false;
+  throw new Error(`no data for ${expr} after ${seconds} s`);
 }
 
 async function withStack(
@@ -159,15 +159,11 @@ Deno.test({
         [],
       );
       // Conditions, not sleeps: a few samples of each period, and the old engine gone.
-      assert(
-        await waitFor(prom, 'count_over_time(lychd:engine_serving{lychd_engine="vllm"}[1m]) >= 3'),
-      );
+      await waitFor(prom, 'count_over_time(lychd:engine_serving{lychd_engine="vllm"}[1m]) >= 3');
       const swapAt = Date.now() / 1000;
       serve("llama");
-      assert(
-        await waitFor(prom, 'count_over_time(lychd:engine_serving{lychd_engine="llama"}[1m]) >= 3'),
-      );
-      assert(await waitFor(prom, 'absent(lychd:engine_serving{lychd_engine="vllm"})'));
+      await waitFor(prom, 'count_over_time(lychd:engine_serving{lychd_engine="llama"}[1m]) >= 3');
+      await waitFor(prom, 'absent(lychd:engine_serving{lychd_engine="vllm"})');
       const end = Date.now() / 1000;
 
       const serving = await prom.queryRange("lychd:engine_serving", t0 - 1, end, 1);
@@ -195,7 +191,7 @@ Deno.test({
       const up = await prom.queryRange('up{job="soulstone"}', t0 - 1, end, 1);
       assert(
         up.length === 1 && up[0].values.every((v) => v[1] === "1"),
-        "port 8081 was scraped throughout",
+        `port 8081 was not scraped throughout: ${JSON.stringify(up)}`,
       );
     });
   },
