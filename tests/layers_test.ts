@@ -34,6 +34,7 @@ const LAYERS: string[][] = [
     "readiness.ts",
     "systemctl.ts",
     "gpu.ts",
+    "gate.ts",
   ],
   // Every file as a plan, and the plan on disk.
   ["plan.ts", "apply.ts", "pull.ts"],
