@@ -117,13 +117,18 @@ export class Gate {
     return { drained, inFlight: this.#inFlight };
   }
 
-  async handle(req: Request): Promise<Response> {
+  /**
+   * `completed`: the server's promise that the response was sent (Deno.serve's
+   * `info.completed`); with it the engine's body goes to the client untouched (Deno's fast path),
+   * without it the body is piped through a stream that notices its end.
+   */
+  async handle(req: Request, completed?: Promise<void>): Promise<Response> {
     const upstream = this.#upstream ?? await this.#hold();
     if (upstream instanceof Response) {
       this.#refused++;
       return upstream;
     }
-    return await this.#forward(req, upstream);
+    return await this.#forward(req, upstream, completed);
   }
 
   #hold(): Promise<string | Response> {
@@ -155,7 +160,7 @@ export class Gate {
     });
   }
 
-  async #forward(req: Request, upstream: string): Promise<Response> {
+  async #forward(req: Request, upstream: string, completed?: Promise<void>): Promise<Response> {
     const url = new URL(req.url);
     this.#inFlight++;
     let done = false;
@@ -189,12 +194,15 @@ export class Gate {
         headers: endToEndHeaders(answer.headers),
       });
     }
-    // In flight until the last byte is relayed (or the client cancels): what drain waits for.
-    const body = answer.body.pipeThrough(
-      new TransformStream({ flush: finish }),
-      { signal: req.signal },
-    );
-    req.signal.addEventListener("abort", finish, { once: true });
+    // In flight until the last byte is relayed (or the client leaves): what drain waits for.
+    let body = answer.body;
+    if (completed) completed.then(finish, finish);
+    else {
+      body = answer.body.pipeThrough(new TransformStream({ flush: finish }), {
+        signal: req.signal,
+      });
+      req.signal.addEventListener("abort", finish, { once: true });
+    }
     return new Response(body, {
       status: answer.status,
       statusText: answer.statusText,

@@ -65,7 +65,7 @@ function runGate(upstream: string) {
   const gate = new Gate(upstream, { holdTimeoutMs: 60_000, maxHeld: 1024 });
   const front = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (r) => gate.handle(r),
+    (r, info) => gate.handle(r, info.completed),
   );
   Deno.serve({
     hostname: "127.0.0.1",

@@ -12,25 +12,33 @@ interface Server {
   close(): Promise<void>;
 }
 
-function serve(handler: (req: Request) => Response | Promise<Response>): Server {
+function serve(
+  handler: (req: Request, info: Deno.ServeHandlerInfo) => Response | Promise<Response>,
+): Server {
   const s = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, handler);
   return { url: `http://127.0.0.1:${s.addr.port}`, close: () => s.shutdown() };
 }
 
+/**
+ * An engine, a gate in front of it, and `fn` as the client; twice: with the server's completion
+ * promise (how `lychd gate` serves) and without it (the body piped through a stream).
+ */
 async function withGate(
   engine: (req: Request) => Response | Promise<Response>,
   fn: (gate: Gate, url: string, engineUrl: string) => Promise<void>,
   options: GateOptions = { holdTimeoutMs: 5000, maxHeld: 256 },
   open = true,
 ) {
-  const upstream = serve(engine);
-  const gate = new Gate(open ? upstream.url : null, options);
-  const front = serve((req) => gate.handle(req));
-  try {
-    await fn(gate, front.url, upstream.url);
-  } finally {
-    await front.close();
-    await upstream.close();
+  for (const completion of [true, false]) {
+    const upstream = serve(engine);
+    const gate = new Gate(open ? upstream.url : null, options);
+    const front = serve((req, info) => gate.handle(req, completion ? info.completed : undefined));
+    try {
+      await fn(gate, front.url, upstream.url);
+    } finally {
+      await front.close();
+      await upstream.close();
+    }
   }
 }
 
@@ -71,7 +79,7 @@ Deno.test("gate: SSE chunks are relayed as the engine sends them, not buffered",
 
 Deno.test("gate: a client that goes away aborts the engine's request", async () => {
   let engineSawAbort: () => void;
-  const aborted = new Promise<void>((r) => engineSawAbort = r);
+  let aborted: Promise<void>;
   await withGate((req) => {
     req.signal.addEventListener("abort", () => engineSawAbort());
     // A stream that never ends, like a long generation.
@@ -82,6 +90,7 @@ Deno.test("gate: a client that goes away aborts the engine's request", async () 
     });
     return new Response(body, { headers: { "content-type": "text/event-stream" } });
   }, async (gate, url) => {
+    aborted = new Promise<void>((r) => engineSawAbort = r);
     const client = new AbortController();
     const r = await fetch(`${url}/v1/completions`, { method: "POST", signal: client.signal });
     const reader = r.body!.getReader();
@@ -98,12 +107,13 @@ Deno.test("gate: a client that goes away aborts the engine's request", async () 
 
 Deno.test("gate: a client that goes away before the engine answered aborts it too (a long prefill)", async () => {
   let engineSawAbort: () => void;
-  const aborted = new Promise<void>((r) => engineSawAbort = r);
+  let aborted: Promise<void>;
   await withGate(async (req) => {
     req.signal.addEventListener("abort", () => engineSawAbort());
     await Promise.race([aborted, sleep(5000)]);
     return new Response("late");
   }, async (gate, url) => {
+    aborted = new Promise<void>((r) => engineSawAbort = r);
     const client = new AbortController();
     const answer = fetch(`${url}/v1/completions`, { method: "POST", signal: client.signal })
       .catch(() => null);
@@ -165,6 +175,7 @@ Deno.test("gate: held requests wait while closed and go to the engine in the ord
       return new Response(`served ${new URL(req.url).searchParams.get("n")}`);
     },
     async (gate, url, engineUrl) => {
+      order.length = 0;
       const answers: Promise<string>[] = [];
       for (let n = 1; n <= 5; n++) {
         answers.push(fetch(`${url}/v1/completions?n=${n}`).then((r) => r.text()));
@@ -212,11 +223,12 @@ Deno.test("gate: held too long, or too many held: 503 with Retry-After and an Op
 
 Deno.test("gate: drain waits for the requests in flight, bounded by its timeout", async () => {
   let finishSlow: () => void;
-  const slowDone = new Promise<void>((r) => finishSlow = r);
+  let slowDone: Promise<void>;
   await withGate(async (req) => {
     if (new URL(req.url).pathname === "/slow") await slowDone;
     return new Response("done");
   }, async (gate, url, engineUrl) => {
+    slowDone = new Promise<void>((r) => finishSlow = r);
     const slow = fetch(`${url}/slow`).then((r) => r.text());
     for (let i = 0; i < 50 && gate.counts().inFlight < 1; i++) await sleep(10);
     assertDeep(await gate.drain(200), { drained: false, inFlight: 1 });
@@ -230,6 +242,39 @@ Deno.test("gate: drain waits for the requests in flight, bounded by its timeout"
     assertEquals(await slow, "done");
     gate.open(engineUrl);
     assertEquals(await held, "done");
+  });
+});
+
+Deno.test("gate: drain waits for a stream that is still being relayed", async () => {
+  let endStream: () => void;
+  await withGate(() => {
+    const end = new Promise<void>((r) => endStream = r);
+    return new Response(
+      new ReadableStream<Uint8Array>({
+        async start(c) {
+          c.enqueue(new TextEncoder().encode("data: 1\n\n"));
+          await end;
+          c.enqueue(new TextEncoder().encode("data: [DONE]\n\n"));
+          c.close();
+        },
+      }),
+      { headers: { "content-type": "text/event-stream" } },
+    );
+  }, async (gate, url) => {
+    const r = await fetch(`${url}/v1/chat/completions`, { method: "POST" });
+    const reader = r.body!.getReader();
+    await reader.read();
+    let early: unknown;
+    try {
+      // The headers are long sent; the generation is not over.
+      early = await gate.drain(200);
+    } finally {
+      endStream!(); // whatever happened, so that the servers can shut down
+    }
+    assertDeep(early, { drained: false, inFlight: 1 });
+    const draining = gate.drain(5000);
+    while (!(await reader.read()).done) { /* the rest */ }
+    assertDeep(await draining, { drained: true, inFlight: 0 });
   });
 });
 
