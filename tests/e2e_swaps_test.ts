@@ -1,7 +1,7 @@
 /**
  * End to end under REAL systemd, Quadlet and Podman (a sandbox guest or this host: see
  * tests/support/target.ts), in system mode (root, `--system`) and in user mode (an
- * unprivileged user, rootless Podman, `systemctl --user`): `lychd init` with five engines
+ * unprivileged user, rootless Podman, `systemctl --user`): `lychd init` with six engines
  * played by a fake engine image, then `lychd swap` between them. After every swap exactly one
  * soulstone is active, port 8081 answers from the right engine, the old container is gone and
  * only the active engine is wanted at boot. A swap to an engine that never becomes ready rolls
