@@ -92,9 +92,11 @@ export type WarmUp = { ok: true; ms: number } | { ok: false; why: string };
  * filled) so that a client's does not. It must succeed: an engine that cannot answer one
  * completion does not serve.
  */
-export async function warmUp(host: Host, timeoutMs: number): Promise<WarmUp> {
-  const models = await host.httpGet(`${BASE_URL}/v1/models`, 5000);
-  const model = "status" in models && models.status === 200 ? modelIds(models.body)[0] : undefined;
+export async function warmUp(
+  host: Host,
+  model: string | undefined,
+  timeoutMs: number,
+): Promise<WarmUp> {
   const t0 = host.now();
   const r = await host.httpPostJson(`${BASE_URL}/v1/completions`, {
     ...(model ? { model } : {}),

@@ -299,9 +299,13 @@ async function switchTo(
   const restartsBefore = Number(before?.NRestarts ?? 0) || 0;
   let last: Probe | null = null;
   let lastUnitCheck = host.now();
+  let served: string[] = [];
   for (;;) {
     const p = await probe(host, engine, 2000);
-    if (p.state === "ready") break;
+    if (p.state === "ready") {
+      served = p.models;
+      break;
+    }
     if (p.detail !== last?.detail) progress.phase(phaseText(p));
     last = p;
     progress.tick();
@@ -352,7 +356,9 @@ async function switchTo(
   let warmMs: number | null = null;
   if (engine.settings.warmup) {
     progress.phase("warming up: one short completion");
-    const w = await warmUp(host, Math.max(30_000, deadline - host.now()));
+    // The model as the engine lists it: the probe that found it ready has just asked.
+    const model = engine.model !== null && served.includes(engine.model) ? engine.model : served[0];
+    const w = await warmUp(host, model, Math.max(30_000, deadline - host.now()));
     if (!w.ok) {
       progress.done();
       return {
