@@ -72,12 +72,7 @@ Deno.test("13: the running engine's unit changed: init says so, and swap restart
   fs.host.clock += 1000;
   fs.host.stdout = "";
   assertEquals(await swap(fs.host, opts("llama", { timeoutSec: 30 })), EXIT.OK, fs.host.stderr);
-  // An NVIDIA engine is stopped, its GPU memory checked, then started again: a restart.
-  const calls = fs.host.calls.filter((c) => / (stop|start|restart) soulstone-llama/.test(c));
-  assertDeep(calls.slice(-2), [
-    "systemctl --user stop soulstone-llama.service",
-    "systemctl --user start soulstone-llama.service",
-  ]);
+  assertRestarted(fs, "llama");
   assertMatch(fs.host.stdout, /^llama ready in [0-9.]+ s \(stopped [0-9.]+ s, /);
   // Swapping to it again now is the no-op it should be.
   fs.host.stdout = "";
@@ -93,12 +88,7 @@ Deno.test("13: lychd.yaml edited by hand, then swap to the running engine: resta
   await fs.host.writeFileAtomic(CONFIG, new TextEncoder().encode(text), 0o600);
   e.llama.model = "org/edited-gguf:Q5";
   assertEquals(await swap(fs.host, opts("llama", { timeoutSec: 30 })), EXIT.OK, fs.host.stderr);
-  // An NVIDIA engine is stopped, its GPU memory checked, then started again: a restart.
-  const calls = fs.host.calls.filter((c) => / (stop|start|restart) soulstone-llama/.test(c));
-  assertDeep(calls.slice(-2), [
-    "systemctl --user stop soulstone-llama.service",
-    "systemctl --user start soulstone-llama.service",
-  ]);
+  assertRestarted(fs, "llama");
   // Only the boot engine moving ([Install]) is no reason to restart: swap back and forth.
   assertEquals(await swap(fs.host, opts("vllm")), EXIT.OK, fs.host.stderr);
   fs.host.calls = [];
@@ -303,3 +293,13 @@ Deno.test('19: a connection closed without an answer is said so, not "fetch fail
   free.close();
   assertDeep(await denoHost.httpGet(`http://127.0.0.1:${freePort}/`, 2000), { error: "refused" });
 });
+
+/** The last systemctl calls on the engine's unit were a restart: for an NVIDIA engine, a stop,
+ * the GPU memory check, then a start. */
+function assertRestarted(fs: FakeSystemd, engine: string) {
+  const unit = `soulstone-${engine}.service`;
+  const calls = fs.host.calls.filter((c) =>
+    c.endsWith(` ${unit}`) && / (stop|start|restart) /.test(c)
+  );
+  assertDeep(calls.slice(-2), [`systemctl --user stop ${unit}`, `systemctl --user start ${unit}`]);
+}
