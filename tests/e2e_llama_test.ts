@@ -17,9 +17,11 @@ import {
   buildPrometheusImage,
   e2eUnavailable,
   type Mode,
+  modeOf,
   openTarget,
   ROOT,
   type Target,
+  writeConfig,
 } from "./support/target.ts";
 
 const LLAMA_DIR = `${ROOT}/../shared/engines/llama.cpp`;
@@ -62,8 +64,12 @@ cartridges:
 
 async function assertActive(target: Target, engine: string) {
   for (const e of ["llama", "vllm", "crashy"]) {
-    const scope = target.mode === "user" ? ["--user"] : [];
-    const r = await target.run(["systemctl", ...scope, "is-active", `soulstone-${e}.service`]);
+    const r = await target.run([
+      "systemctl",
+      ...modeOf(target).scope,
+      "is-active",
+      `soulstone-${e}.service`,
+    ]);
     assertEquals(r.stdout.trim(), e === engine ? "active" : "inactive", `soulstone-${e}`);
   }
 }
@@ -99,9 +105,8 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
   );
   // The model: a folder of its own in system mode, under the user's home in user mode.
   const modelDir = system ? "/srv/lychd-models" : `${target.home}/lychd-models`;
-  const flags = system ? ["--system"] : [];
+  const { flags, scope } = modeOf(target);
   const sflag = system ? "--system " : "";
-  const configPath = system ? "/etc/lychd/lychd.yaml" : `${target.home}/.config/lychd/lychd.yaml`;
   const guest = target.run;
   const lychd = (...args: string[]) => target.lychd(...args);
   const activeIs = (engine: string) => assertActive(target, engine);
@@ -115,11 +120,7 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
       const cp = await guest(["cp", `${LLAMA_DIR}/tiny.gguf`, `${modelDir}/${name}`]);
       assertEquals(cp.code, 0, cp.stderr);
     }
-    const write = (model: string) =>
-      guest(
-        ["sh", "-c", 'mkdir -p "$(dirname "$0")" && cat > "$0"', configPath],
-        config(fake, prometheus, modelDir, model),
-      );
+    const write = (model: string) => writeConfig(target, config(fake, prometheus, modelDir, model));
 
     await t.step(
       "init starts the harvester; the scribe's missing image is reported",
@@ -140,7 +141,7 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
         );
         const h = await guest([
           "systemctl",
-          ...(system ? [] : ["--user"]),
+          ...scope,
           "is-active",
           "harvester.service",
         ]);

@@ -14,8 +14,10 @@ import {
   buildPrometheusImage,
   e2eUnavailable,
   type Mode,
+  modeOf,
   openTarget,
   type Target,
+  writeConfig,
 } from "./support/target.ts";
 
 const ENGINES = ["llama", "sglang", "vllm", "broken", "late", "coldfail"];
@@ -75,17 +77,6 @@ cartridges:
 `;
 }
 
-/** What differs between the modes: lychd's flag, systemctl's scope, the boot target, lychd.yaml. */
-function modeOf(target: Target) {
-  const system = target.mode === "system";
-  return {
-    flags: system ? ["--system"] : [],
-    scope: system ? [] : ["--user"],
-    bootTarget: system ? "multi-user.target" : "default.target",
-    config: system ? "/etc/lychd/lychd.yaml" : `${target.home}/.config/lychd/lychd.yaml`,
-  };
-}
-
 async function assertServing(target: Target, engine: string) {
   const { flags, scope, bootTarget } = modeOf(target);
   const guest = target.run;
@@ -135,10 +126,7 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
     const image = await buildFakeEngineImage(target);
     const prometheus = await buildPrometheusImage(target);
     await t.step(`init writes the ${mode} units and systemd generates them`, async () => {
-      const w = await guest(
-        ["sh", "-c", 'mkdir -p "$(dirname "$0")" && cat > "$0"', configPath],
-        config(image, prometheus),
-      );
+      const w = await writeConfig(target, config(image, prometheus));
       assertEquals(w.code, 0, w.stderr);
       const init = await lychd("init", ...flags);
       assertEquals(init.code, 0, init.stdout + init.stderr);

@@ -358,3 +358,22 @@ export function buildPrometheusImage(target: Target): Promise<string> {
     changes: ['ENTRYPOINT ["/usr/bin/prometheus"]'],
   });
 }
+
+/** What differs between the modes: lychd's flag, systemctl's scope, the boot target, lychd.yaml. */
+export function modeOf(target: Target) {
+  const system = target.mode === "system";
+  return {
+    flags: system ? ["--system"] : [],
+    scope: system ? [] : ["--user"],
+    bootTarget: system ? "multi-user.target" : "default.target",
+    config: system ? "/etc/lychd/lychd.yaml" : `${target.home}/.config/lychd/lychd.yaml`,
+  };
+}
+
+/** Write the operator's lychd.yaml (its folder created), as the operator. */
+export function writeConfig(target: Target, text: string): Promise<Run> {
+  return target.run(
+    ["sh", "-c", 'mkdir -p "$(dirname "$0")" && cat > "$0"', modeOf(target).config],
+    text,
+  );
+}
