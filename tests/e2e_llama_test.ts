@@ -24,7 +24,8 @@ import {
   writeConfig,
 } from "./support/target.ts";
 
-const LLAMA_DIR = `${ROOT}/../shared/engines/llama.cpp`;
+/** A llama.cpp build (llama-server and tiny.gguf): LLAMA_CPP_DIR, or the one beside the checkout. */
+const LLAMA_DIR = Deno.env.get("LLAMA_CPP_DIR") ?? `${ROOT}/../shared/engines/llama.cpp`;
 const LLAMA_IMAGE = "localhost/lychd-real-llama-server:1";
 
 function llamaMissing(): boolean {
