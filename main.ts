@@ -34,6 +34,10 @@ async function dispatch(argv: string[], host: Host): Promise<number> {
       const { swap } = await import("./lib/commands/swap.ts");
       return await swap(host, command);
     }
+    case "gate": {
+      const { gate } = await import("./lib/commands/gate.ts");
+      return await gate(host, command);
+    }
     case "status": {
       const { status } = await import("./lib/commands/status.ts");
       return await status(host, command);

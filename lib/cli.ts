@@ -32,7 +32,10 @@ export type Command =
     timeoutSec: number | null;
     wait: boolean;
     rollback: boolean;
+    drain: boolean;
+    drainTimeoutSec: number | null;
   }
+  | { kind: "gate"; config: ConfigOptions }
   | { kind: "status"; config: ConfigOptions; json: boolean }
   | { kind: "stop"; config: ConfigOptions; all: boolean }
   | { kind: "logs"; config: ConfigOptions; target: string | null; follow: boolean; lines: number }
@@ -80,9 +83,17 @@ export const COMMANDS: Record<
   },
   render: { flags: { ...CONFIG_FLAGS, out: "string", force: "boolean" } },
   swap: {
-    flags: { ...SETUP_FLAGS, timeout: "string", "no-wait": "boolean", "no-rollback": "boolean" },
+    flags: {
+      ...SETUP_FLAGS,
+      timeout: "string",
+      "no-wait": "boolean",
+      "no-rollback": "boolean",
+      "drain-timeout": "string",
+      "no-drain": "boolean",
+    },
     positionals: ["ENGINE"],
   },
+  gate: { flags: SETUP_FLAGS },
   status: { flags: { ...SETUP_FLAGS, json: "boolean" } },
   stop: { flags: { ...SETUP_FLAGS, all: "boolean" } },
   logs: {
@@ -134,23 +145,24 @@ export function parseCommand(argv: string[]): Command {
       if (v.help) return { kind: "help", topic: "swap" };
       const [engine] = v._ as string[];
       if (!engine) throw new UsageError("swap needs the engine to switch to: lychd swap ENGINE");
-      let timeoutSec: number | null = null;
-      if (typeof v.timeout === "string") {
-        timeoutSec = parseDuration(v.timeout);
-        if (timeoutSec === null || timeoutSec < 1) {
-          throw new UsageError(
-            `--timeout takes a duration such as 90s, 15m or 1h, got "${v.timeout}"`,
-          );
-        }
+      if (v["no-drain"] === true && v["drain-timeout"] !== undefined) {
+        throw new UsageError("--no-drain and --drain-timeout contradict each other: pick one");
       }
       return {
         kind: "swap",
         config: configOptions(v),
         engine,
-        timeoutSec,
+        timeoutSec: durationFlag(v, "timeout"),
         wait: v["no-wait"] !== true,
         rollback: v["no-rollback"] !== true,
+        drain: v["no-drain"] !== true,
+        drainTimeoutSec: durationFlag(v, "drain-timeout"),
       };
+    }
+    case "gate": {
+      const v = parseFor("gate", rest);
+      if (v.help) return { kind: "help", topic: "gate" };
+      return { kind: "gate", config: configOptions(v) };
     }
     case "status": {
       const v = parseFor("status", rest);
@@ -221,6 +233,17 @@ export function parseCommand(argv: string[]): Command {
 }
 
 type Values = Record<string, string | boolean | string[] | undefined> & { _?: string[] };
+
+/** A duration flag's seconds (90s, 15m, 1h), null when not given. */
+function durationFlag(v: Values, name: string): number | null {
+  const raw = v[name];
+  if (typeof raw !== "string") return null;
+  const sec = parseDuration(raw);
+  if (sec === null || sec < 1) {
+    throw new UsageError(`--${name} takes a duration such as 90s, 15m or 1h, got "${raw}"`);
+  }
+  return sec;
+}
 
 /**
  * `--flag value`, `--flag=value`, `-x` short forms, and up to `positionals.length` plain

@@ -21,6 +21,7 @@ Commands:
   init      write the Quadlet units, Prometheus and Grafana config, and reload systemd
   render    write the same files into a folder, touching nothing else
   swap      make an engine the one on port 8081; returns when it really serves
+  gate      lychd's server on 8081 that holds requests through swaps (run by systemd)
   status    which engine runs, whether it is healthy, the watchers' URLs
   stop      stop the engine (--all: the watchers too)
   logs      an engine's or watcher's journal
@@ -82,6 +83,7 @@ const SETUP = `  --system       the root setup (/etc/containers/systemd) instead
 
 Object.assign(HELP, {
   swap: `Usage: lychd swap ENGINE [--timeout DURATION] [--no-wait] [--no-rollback]
+                  [--drain-timeout DURATION | --no-drain]
 
 Makes ENGINE the engine on 127.0.0.1:8081 and the one that starts at boot. systemd
 stops the running engine first (Conflicts= and After= in the units), then starts ENGINE;
@@ -89,16 +91,35 @@ lychd waits until its health path answers 200 and /v1/models lists its model, sh
 the phase and the elapsed time, and reports how long each phase took. If the unit fails
 or readiness times out, it prints the end of the journal and brings back the engine that
 served before (and waits for it too). Two swaps never interleave: the second waits.
+Behind the gate (lychd-gate.service on 8081), new requests are held for the whole swap,
+the old engine's requests in flight finish first (the drain), and the held requests go
+to ENGINE once it serves, or to the engine rolled back to.
 
 Options:
   --timeout DURATION  how long to wait for readiness (default: the engine's start_timeout, 15m)
   --no-wait           return once the container runs
   --no-rollback       on failure, leave things as they are
+  --drain-timeout DURATION  how long the old engine's requests in flight may take
+                      (default: gate.drain_timeout, 30s); then it is stopped anyway
+  --no-drain          stop the old engine at once, cutting off its requests in flight
 ${SETUP}
 
 Exit codes: 0 ENGINE serves (or already did); 1 nothing was changed (e.g. its image is
 missing); 2 bad arguments; 4 the swap failed and nothing serves; 5 the swap failed and
 the previous engine serves again; 8 systemd cannot be reached.
+`,
+  gate: `Usage: lychd gate [--system] [--config FILE]
+
+lychd's own server on 127.0.0.1:8081 (gate.listen: all: every address), in front of the
+engine on the engine port (gate.engine_port, 18081). systemd runs it as lychd-gate.service
+(init writes and starts it); run by hand only to debug. It forwards every request to the
+engine as it is, holds requests while no engine serves (up to gate.hold_timeout and
+gate.max_held; then 503 with Retry-After), serves its own metrics on /lychd/metrics, and
+takes \`lychd swap\`'s requests through a control folder only its user can enter. With
+gate.on_demand: true, a request naming another engine's model swaps to it.
+${SETUP}
+
+Runs until SIGTERM; then lets the requests in flight finish and exits 0.
 `,
   status: `Usage: lychd status [--json]
 

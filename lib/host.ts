@@ -13,6 +13,9 @@ export interface RunResult {
 
 import { LychdError } from "./errors.ts";
 
+/** The file a running gate keeps in its control folder (lib/gate_control.ts). */
+export const CONTROL_READY = "gate.json";
+
 export type HttpResult = { status: number; body: string } | {
   error: "refused" | "timeout" | string;
 };
@@ -55,6 +58,19 @@ export interface Host {
   httpGet(url: string, timeoutMs: number): Promise<HttpResult>;
   /** POST of a JSON body to a loopback URL, never throwing, like httpGet. */
   httpPostJson(url: string, body: unknown, timeoutMs: number): Promise<HttpResult>;
+  /**
+   * One request to the gate through its control folder, never throwing: no gate there is
+   * `refused`, no answer in time `timeout`. `body` is sent as JSON.
+   */
+  control(
+    folder: string,
+    method: "GET" | "POST",
+    path: string,
+    body: unknown,
+    timeoutMs: number,
+  ): Promise<HttpResult>;
+  /** The program and arguments that run this lychd: the compiled binary, or deno on main.ts. */
+  lychdProgram(): string[];
   /**
    * Take an exclusive lock on `path` (created if missing), waiting up to `timeoutMs`;
    * `onWait` is called once if the lock is not free at once. Released by the returned
@@ -322,6 +338,49 @@ export const denoHost: Host = {
       body: JSON.stringify(body),
     }, timeoutMs),
 
+  async control(folder, method, path, body, timeoutMs) {
+    // The gate's control folder (lib/gate_control.ts): a request file in, an answer file out.
+    try {
+      await Deno.stat(`${folder}/${CONTROL_READY}`);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotCapable) throw e;
+      return { error: "refused" };
+    }
+    const id = crypto.randomUUID();
+    const data = new TextEncoder().encode(JSON.stringify({ method, path, body: body ?? null }));
+    await denoHost.writeFileAtomic(`${folder}/in/${id}.json`, data, 0o600);
+    const answer = `${folder}/out/${id}.json`;
+    const deadline = performance.now() + timeoutMs;
+    while (performance.now() < deadline) {
+      try {
+        const text = await Deno.readTextFile(answer);
+        await Deno.remove(answer).catch(() => {});
+        return JSON.parse(text) as HttpResult;
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await Deno.remove(`${folder}/in/${id}.json`).catch(() => {});
+    return { error: "timeout" };
+  },
+
+  lychdProgram() {
+    if (Deno.build.standalone) return [Deno.execPath()];
+    // `deno run` (a checkout): the same permission set as `deno task lychd`, from deno.json.
+    const here = (p: string) => decodeURIComponent(new URL(p, import.meta.url).pathname);
+    return [
+      Deno.execPath(),
+      "run",
+      "-q",
+      "-P",
+      "--frozen",
+      "--config",
+      here("../deno.json"),
+      here("../main.ts"),
+    ];
+  },
+
   async lock(path, timeoutMs, onWait) {
     const file = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
     let done = false;
@@ -390,6 +449,7 @@ async function request(url: string, init: RequestInit, timeoutMs: number): Promi
     // Deno says only "fetch failed"; what happened is in the cause.
     const cause = (e as Error)?.cause;
     const text = `${(e as Error)?.message ?? e} ${cause instanceof Error ? cause.message : ""}`;
+    if (e instanceof Deno.errors.NotCapable) throw e;
     if (/refused|ECONNREFUSED/i.test(text)) return { error: "refused" };
     if (/connection closed|reset|broken pipe|incomplete/i.test(text)) {
       return { error: "connection closed without an answer" };

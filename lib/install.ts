@@ -117,11 +117,19 @@ export async function prepare(
   const loc = setup.loc;
   // Loaded lazily: Nunjucks costs ~130 ms of start-up that --help and --version should not pay.
   const { buildPlan } = await import("./plan.ts");
-  const plan = buildPlan(loaded.config, loc, loaded.configText);
+  const plan = buildPlan(loaded.config, loc, loaded.configText, {
+    program: host.lychdProgram(),
+    configPath: loaded.configPath,
+  });
   const configDir = loaded.configPath.slice(0, loaded.configPath.lastIndexOf("/"));
   const rootDirs: Record<Root, string> = outDir === null
-    ? { quadlet: loc.quadletDir, data: loc.dataDir, config: configDir }
-    : { quadlet: `${outDir}/quadlet`, data: `${outDir}/data`, config: outDir };
+    ? { quadlet: loc.quadletDir, units: loc.unitDir, data: loc.dataDir, config: configDir }
+    : {
+      quadlet: `${outDir}/quadlet`,
+      units: `${outDir}/systemd`,
+      data: `${outDir}/data`,
+      config: outDir,
+    };
   // The config file keeps its own name (render: lychd.yaml in the output folder).
   const name = outDir === null
     ? loaded.configPath.slice(loaded.configPath.lastIndexOf("/") + 1)

@@ -8,6 +8,13 @@ export interface Locations {
   mode: Mode;
   /** Quadlet .container files. */
   quadletDir: string;
+  /** Plain systemd units (lychd-gate.service). */
+  unitDir: string;
+  /**
+   * Runtime folder of the gate's control socket (systemd's RuntimeDirectory=lychd creates it);
+   * null in user mode without XDG_RUNTIME_DIR (no user manager either).
+   */
+  runtimeDir: string | null;
   /** lychd's own data: Prometheus and Grafana config, dashboards, the manifest. */
   dataDir: string;
   configFile: string;
@@ -26,6 +33,8 @@ export function locations(mode: Mode, env: (name: string) => string | undefined)
     return {
       mode,
       quadletDir: "/etc/containers/systemd",
+      unitDir: "/etc/systemd/system",
+      runtimeDir: "/run/lychd",
       dataDir: "/var/lib/lychd",
       configFile: "/etc/lychd/lychd.yaml",
       modelCache: "/var/lib/lychd/models",
@@ -57,9 +66,15 @@ export function locations(mode: Mode, env: (name: string) => string | undefined)
   };
   const homeDir = checked("HOME", home);
   const configHome = xdg("XDG_CONFIG_HOME", `${homeDir}/.config`);
+  const runtime = env("XDG_RUNTIME_DIR");
   return {
     mode,
     quadletDir: `${configHome}/containers/systemd`,
+    // The user manager reads $XDG_CONFIG_HOME/systemd/user (systemd.unit(5), user unit paths).
+    unitDir: `${configHome}/systemd/user`,
+    runtimeDir: runtime && runtime.startsWith("/")
+      ? `${checked("XDG_RUNTIME_DIR", runtime)}/lychd`
+      : null,
     dataDir: `${xdg("XDG_DATA_HOME", `${homeDir}/.local/share`)}/lychd`,
     configFile: `${configHome}/lychd/lychd.yaml`,
     modelCache: `${homeDir}/.cache/huggingface`,

@@ -9,16 +9,20 @@ import type { Locations } from "./paths.ts";
 import { renderTemplate } from "./units/render.ts";
 import {
   compileCacheDirs,
+  enginePort,
   engineUnits,
+  GATE_METRICS_PATH,
+  gateUnit,
   GRAFANA_DASHBOARDS_MOUNT,
   grafanaUnit,
   prometheusUnit,
+  type SelfCommand,
 } from "./units/model.ts";
 import { VERSION } from "./version.ts";
 import RECORDING_RULES from "../templates/lychd.rules.yml" with { type: "text" };
 
 /** Which folder a planned file belongs in; Apply maps each to a real directory. */
-export type Root = "quadlet" | "data" | "config";
+export type Root = "quadlet" | "units" | "data" | "config";
 
 export interface PlannedFile {
   root: Root;
@@ -44,7 +48,12 @@ const UNIT_MODE = 0o644;
 const SHARED_DATA_MODE = 0o644;
 const CONFIG_MODE = 0o600;
 
-export function buildPlan(config: LychdConfig, loc: Locations, configText: string): Plan {
+export function buildPlan(
+  config: LychdConfig,
+  loc: Locations,
+  configText: string,
+  self: SelfCommand,
+): Plan {
   const common = {
     version: VERSION,
     standard_port: STANDARD_PORT,
@@ -62,6 +71,14 @@ export function buildPlan(config: LychdConfig, loc: Locations, configText: strin
       mode: UNIT_MODE,
       guarded: true,
     });
+  const systemdUnit = (path: string, template: string, data: unknown) =>
+    files.push({
+      root: "units",
+      path,
+      content: renderTemplate(template, { ...common, unit: data }),
+      mode: UNIT_MODE,
+      guarded: true,
+    });
   const data = (path: string, content: string) =>
     files.push({ root: "data", path, content, mode: SHARED_DATA_MODE, guarded: true });
 
@@ -71,12 +88,18 @@ export function buildPlan(config: LychdConfig, loc: Locations, configText: strin
   unit(prometheus.fileName, "harvester.j2", prometheus);
   const grafana = grafanaUnit(config, loc);
   unit(grafana.fileName, "scribe.j2", grafana);
+  if (config.gate.enabled) {
+    const gate = gateUnit(config, loc, self);
+    systemdUnit(gate.fileName, "lychd-gate.service.j2", gate);
+  }
 
   data(
     "prometheus/prometheus.yml",
     renderTemplate("prometheus.yml.j2", {
       ...common,
       jobs: scrapeJobs(engines.map((u) => u.engine)),
+      engine_port: enginePort(config),
+      gate: config.gate.enabled ? { metricsPath: GATE_METRICS_PATH } : null,
       dialects: BUILTIN_CARTRIDGES.map((c) => ({ prefix: c.dialect, engine: c.name })),
     }),
   );

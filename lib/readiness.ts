@@ -1,5 +1,5 @@
 /**
- * Is the engine on port 8081 really serving? Its health path must answer 200, and then
+ * Is the engine really serving (on 8081, or on its own port behind the gate)? Its health path must answer 200, and then
  * /v1/models must list the configured model. Engines differ in how they get there (docs/engines.md,
  * tests/fixtures/llama.cpp-b10587): llama.cpp opens its port before loading and answers 503
  * "Loading model" (or, with a small model, goes from refused straight to 200); SGLang lists
@@ -19,15 +19,23 @@ export interface Probe {
 }
 
 export interface ProbeTarget {
+  /** The loopback port the engine is published on. */
+  hostPort: number;
   healthPath: string;
   /** The model /v1/models must list; null = health alone decides. */
   model: string | null;
 }
 
+/** Where clients reach lychd: the gate, or the active engine itself. */
 export const BASE_URL = `http://127.0.0.1:${STANDARD_PORT}`;
 
+export function engineUrl(target: { hostPort: number }): string {
+  return `http://127.0.0.1:${target.hostPort}`;
+}
+
 export async function probe(host: Host, target: ProbeTarget, timeoutMs = 2000): Promise<Probe> {
-  const health = await host.httpGet(`${BASE_URL}${target.healthPath}`, timeoutMs);
+  const base = engineUrl(target);
+  const health = await host.httpGet(`${base}${target.healthPath}`, timeoutMs);
   if ("error" in health) {
     return {
       state: "down",
@@ -42,7 +50,7 @@ export async function probe(host: Host, target: ProbeTarget, timeoutMs = 2000): 
       models: [],
     };
   }
-  const listed = await host.httpGet(`${BASE_URL}/v1/models`, timeoutMs);
+  const listed = await host.httpGet(`${base}/v1/models`, timeoutMs);
   const models = "error" in listed || listed.status !== 200 ? [] : modelIds(listed.body);
   if (target.model === null) return { state: "ready", detail: "healthy", models };
   if ("error" in listed || listed.status !== 200) {
@@ -94,11 +102,12 @@ export type WarmUp = { ok: true; ms: number } | { ok: false; why: string };
  */
 export async function warmUp(
   host: Host,
+  target: { hostPort: number },
   model: string | undefined,
   timeoutMs: number,
 ): Promise<WarmUp> {
   const t0 = host.now();
-  const r = await host.httpPostJson(`${BASE_URL}/v1/completions`, {
+  const r = await host.httpPostJson(`${engineUrl(target)}/v1/completions`, {
     ...(model ? { model } : {}),
     prompt: "Hello",
     max_tokens: 4,

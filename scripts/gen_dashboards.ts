@@ -620,6 +620,55 @@ const vessel: DashboardSpec = {
       ],
     },
     {
+      title: "Gate",
+      panels: [
+        {
+          title: "Requests held by the gate",
+          unit: "none",
+          description:
+            "Requests waiting on 127.0.0.1:8081 for an engine (a swap, a restart), and those in flight to the engine. Empty with gate: false.",
+          targets: [
+            ["lychd:gate_requests_held", "held"],
+            ["lychd:gate_requests_in_flight", "in flight"],
+          ],
+        },
+        {
+          title: "Hold wait p95",
+          unit: "s",
+          description: "How long held requests waited for an engine, 95th percentile over 5 min.",
+          targets: [["lychd:gate_hold_wait_seconds:p95_5m", "p95"]],
+        },
+        {
+          title: "Swaps",
+          unit: "none",
+          description: "Swaps through the gate per minute, by from, to and result.",
+          targets: [["lychd:gate_swaps:increase1m", "{{from}} -> {{to}} {{result}}"]],
+        },
+      ],
+    },
+    {
+      title: "Gate answers",
+      panels: [
+        {
+          title: "Requests through the gate",
+          unit: "reqps",
+          targets: [["lychd:gate_requests:rate1m", "{{engine}} {{code}}"]],
+        },
+        {
+          title: "Requests the gate refused",
+          unit: "reqps",
+          description:
+            "503s for held too long or too many held, 502s for an engine that did not answer.",
+          targets: [["lychd:gate_refused:rate1m", "{{reason}}"]],
+        },
+        {
+          title: "Swap phases (avg, 15 min)",
+          unit: "s",
+          targets: [["lychd:gate_swap_phase_seconds:avg_15m", "{{phase}}"]],
+        },
+      ],
+    },
+    {
       title: "Saturation and cache",
       panels: [
         {

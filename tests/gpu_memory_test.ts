@@ -30,6 +30,8 @@ const opts = (engine: string): SwapOptions => ({
   timeoutSec: null,
   wait: true,
   rollback: true,
+  drain: true,
+  drainTimeoutSec: null,
 });
 const ENGINES = (): Record<string, EngineScript> => ({
   llama: { model: "org/llama-gguf:Q4", readyMs: 500 },

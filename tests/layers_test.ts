@@ -35,6 +35,8 @@ const LAYERS: string[][] = [
     "systemctl.ts",
     "gpu.ts",
     "gate.ts",
+    "gate_control.ts",
+    "on_demand.ts",
   ],
   // Every file as a plan, and the plan on disk.
   ["plan.ts", "apply.ts", "pull.ts"],
@@ -46,6 +48,7 @@ const LAYERS: string[][] = [
     "help.ts",
     "commands/init.ts",
     "commands/swap.ts",
+    "commands/gate.ts",
     "commands/status.ts",
     "commands/stop.ts",
     "commands/logs.ts",

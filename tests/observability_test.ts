@@ -14,6 +14,8 @@ import { type PrometheusServer, startPrometheus } from "./support/prometheus_ser
 import { requireTools } from "./support/tools.ts";
 import { planFor } from "./support/units.ts";
 import { panels, substitute } from "./support/dashboards.ts";
+import { Gate } from "../lib/gate.ts";
+import { GATE_METRICS_PATH } from "../lib/units/model.ts";
 
 const ignore = requireTools("prometheus", "promtool");
 const ENGINES = ["vllm", "sglang", "llama"] as const;
@@ -33,6 +35,8 @@ const UNSUPPORTED: Record<string, string[]> = {
     "lychd:kv_cache_usage_ratio",
   ],
 };
+
+const isGate = (expr: string) => expr.startsWith("lychd:gate_");
 
 function targets(file: string): { panel: string; expr: string }[] {
   return panels(file).flatMap((p) =>
@@ -108,7 +112,11 @@ for (const engine of ENGINES) {
           `panels of soulstone-${engine}.json without data`,
         );
 
-        const overview = targets("lychd-vessel.json");
+        // No gate in this layout (gate: false): its panels must stay empty, never faked.
+        const overview = targets("lychd-vessel.json").filter((t) => !isGate(t.expr));
+        for (const t of targets("lychd-vessel.json").filter((t) => isGate(t.expr))) {
+          assertEquals(await hasData(prom, t.expr), false, `${t.panel} without a gate`);
+        }
         const unsupported = (expr: string) => UNSUPPORTED[engine].some((u) => expr === u);
         const expected = overview.filter((t) => !unsupported(t.expr)).map((t) => t.expr);
         const stillMissing = await waitForData(prom, expected);
@@ -194,5 +202,78 @@ Deno.test({
         `port 8081 was not scraped throughout: ${JSON.stringify(up)}`,
       );
     });
+  },
+});
+
+Deno.test({
+  name:
+    "observability (real Prometheus): the vessel's gate panels from a real gate's /lychd/metrics",
+  ignore,
+  async fn() {
+    // A real Gate in front of a small engine: requests served, held across a close/open, one
+    // refused, a swap recorded. Its metrics are what `lychd gate` serves on /lychd/metrics.
+    const engine = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      () => new Response("ok"),
+    );
+    const up = `http://127.0.0.1:${engine.addr.port}`;
+    const gate = new Gate(up, { holdTimeoutMs: 300, maxHeld: 4 });
+    gate.open(up, "vllm");
+    const front = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      (req, info) =>
+        new URL(req.url).pathname === GATE_METRICS_PATH
+          ? new Response(gate.metrics())
+          : gate.handle(req, info.completed),
+    );
+    const url = `http://127.0.0.1:${front.addr.port}`;
+    const metrics = await startMetricsServer("vllm");
+    const dir = await Deno.makeTempDir({ prefix: "lychd-obs-gate-" });
+    let prom: PrometheusServer | null = null;
+    const traffic = setInterval(() => {
+      fetch(`${url}/v1/models`).then((r) => r.body?.cancel());
+    }, 100);
+    try {
+      const plan = planFor("gate: true\n", FAST);
+      const config = (await Deno.readTextFile(
+        await writePrometheusFiles(plan, dir, `127.0.0.1:${front.addr.port}`),
+      )).replace("127.0.0.1:18081", `127.0.0.1:${metrics.port}`);
+      await Deno.writeTextFile(`${dir}/prometheus.yml`, config);
+      prom = await startPrometheus(`${dir}/prometheus.yml`);
+      // The swaps must come after the first scrape: an average of phases needs their increase.
+      await waitFor(prom, 'up{job="lychd-gate"} == 1');
+      for (let round = 0; round < 3; round++) {
+        gate.close();
+        const held = fetch(`${url}/v1/models`).then((r) => r.text());
+        await new Promise((r) => setTimeout(r, 400 + 100 * round));
+        gate.recordSwap({
+          from: "vllm",
+          to: "llama",
+          result: "ok",
+          phases: { drain: 0.1, stop: 1.2, start: 0.4, load: 2.5 },
+          at: Date.now(),
+        });
+        gate.open(up, "llama");
+        await held;
+        await new Promise((r) => setTimeout(r, 1500));
+      }
+      const gateTargets = targets("lychd-vessel.json").filter((t) => isGate(t.expr));
+      assert(gateTargets.length >= 6, "the vessel has no gate panels");
+      // The refused panel needs a refusal: held past the hold timeout.
+      gate.close();
+      assertEquals((await fetch(`${url}/v1/models`)).status, 503);
+      gate.open(up, "llama");
+      const missing = await waitForData(prom, gateTargets.map((t) => t.expr), 60);
+      assertDeep(gateTargets.filter((t) => missing.includes(t.expr)).map((t) => t.panel), []);
+      const held = await prom.query("lychd:gate_hold_wait_seconds:p95_5m");
+      assert(Number(held[0].value[1]) > 0.3, `hold wait p95 ${held[0].value[1]}`);
+    } finally {
+      clearInterval(traffic);
+      await prom?.stop();
+      await metrics.close();
+      await front.shutdown();
+      await engine.shutdown();
+      await Deno.remove(dir, { recursive: true });
+    }
   },
 });

@@ -35,7 +35,16 @@ const overridesFor = engineOverrides;
 const installed = installedSystemd;
 
 function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
-  return { config: setup, engine, timeoutSec: null, wait: true, rollback: true, ...extra };
+  return {
+    config: setup,
+    engine,
+    timeoutSec: null,
+    wait: true,
+    rollback: true,
+    drain: true,
+    drainTimeoutSec: null,
+    ...extra,
+  };
 }
 
 Deno.test("12: an engine that crashes at start is a failed swap within seconds, not after the start timeout", async () => {

@@ -21,7 +21,7 @@ Deno.test("permissions: spawning other programs, writing elsewhere, other hosts 
     writeOutsideFolders: "denied",
     readSecretFile: "denied",
     connectNonLoopback: "denied",
-    connectOtherLoopbackPort: "denied",
+    listenOtherPortBeyondLoopback: "denied",
     readEnvOutsideList: "denied",
     // The control: what the set allows is allowed (systemctl exists on the test machines).
     allowedProgram: "allowed",
@@ -55,7 +55,7 @@ Deno.test("permissions: the message's grant is deno.json's, for each kind Deno r
   );
   assertMatch(
     permissionMessage('Requires net access to "10.0.0.1:80", run again with the --allow-net flag'),
-    /may not connect to 10\.0\.0\.1:80: it connects only to 127\.0\.0\.1:8081/,
+    /may not connect to 10\.0\.0\.1:80: it connects only to 127\.0\.0\.1, 0\.0\.0\.0:8081/,
   );
   assertMatch(permissionMessage('Requires env access to "FOO"'), /environment variable FOO/);
   for (const m of ["Requires read access", 'Requires ffi access to "x"']) {

@@ -25,7 +25,11 @@ Deno.test("readiness: the real start-up sequence reads refused -> loading -> rea
     const host = new FakeHost({
       http: (url) => url.endsWith("/v1/models") ? { status: 200, body: MODELS } : answer,
     });
-    const p = await probe(host, { healthPath: "/health", model: "/models/tiny-llama.gguf" });
+    const p = await probe(host, {
+      hostPort: 8081,
+      healthPath: "/health",
+      model: "/models/tiny-llama.gguf",
+    });
     if (states.at(-1) !== p.state) states.push(p.state);
     if (p.state === "loading") assertEquals(p.detail, "503 Loading model");
   }
@@ -37,7 +41,7 @@ Deno.test("readiness: healthy but serving another model is not ready", async () 
     http: (url) =>
       url.endsWith("/v1/models") ? { status: 200, body: MODELS } : { status: 200, body: "{}" },
   });
-  const p = await probe(host, { healthPath: "/health", model: "org/expected" });
+  const p = await probe(host, { hostPort: 8081, healthPath: "/health", model: "org/expected" });
   assertEquals(p.state, "wrong-model");
   assertEquals(p.detail, "serves /models/tiny-llama.gguf, not org/expected");
 });

@@ -21,7 +21,16 @@ const installed = (engines: Record<string, EngineScript>, active: string | null)
   installedSystemd(engines, active);
 
 function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
-  return { config: setup, engine, timeoutSec: null, wait: true, rollback: true, ...extra };
+  return {
+    config: setup,
+    engine,
+    timeoutSec: null,
+    wait: true,
+    rollback: true,
+    drain: true,
+    drainTimeoutSec: null,
+    ...extra,
+  };
 }
 
 // llama and vllm on the CPU: a swap to them is one `systemctl start`, and systemd's

@@ -12,7 +12,14 @@ import { imageExists } from "../images.ts";
 import { daemonReload, prepare, type Prepared, systemctlLine, withLock } from "../install.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import { showUnits, systemctl, SystemctlError } from "../systemctl.ts";
-import { GRAFANA_ADMIN_SECRET, resolveEngines, soulstoneService } from "../units/model.ts";
+import {
+  GATE_SERVICE,
+  GRAFANA_ADMIN_SECRET,
+  resolveEngines,
+  soulstoneService,
+} from "../units/model.ts";
+import { BASE_URL } from "../readiness.ts";
+import { STANDARD_PORT } from "../engines.ts";
 import type { LychdConfig } from "../config/types.ts";
 
 export interface InitOptions {
@@ -42,6 +49,10 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
     const p = await prepareHere();
     const conflict = conflictError(p.changes);
     if (conflict) throw conflict;
+    if (options.reload && p.changes.some((c) => c.action === "remove" && isGateUnit(c.path))) {
+      // gate: false now. Its [Install] link goes while systemctl can still read the unit.
+      await host.run("systemctl", [...setup.loc.systemctlScope, "disable", "--now", GATE_SERVICE]);
+    }
     await applyChanges(p.changes, p.manifest, p.manifestPath, host, p.configRecord);
     return p;
   });
@@ -85,6 +96,7 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
   }
   const running = await runningEngine(host, setup, loaded.config);
   await startWatchers(host, setup, prepared);
+  if (loaded.config.gate.enabled) await startGate(host, setup, prepared);
   const active = loaded.config.active;
   if (running && changedUnit(prepared, running)) {
     host.out(
@@ -186,6 +198,47 @@ async function startWatchers(host: Host, setup: Setup, prepared: Prepared): Prom
           `See \`${lychdLine(setup, `logs ${w.unit.replace(".service", "")}`)}\`.\n`,
       );
     }
+  }
+}
+
+function isGateUnit(path: string): boolean {
+  return path.endsWith(`/${GATE_SERVICE}`);
+}
+
+/**
+ * The gate is a plain unit: enabled (its [Install] link) and started here, and restarted when
+ * its unit or lychd.yaml changed (it reads lychd.yaml when it starts). A restart cuts the
+ * requests in flight through it; init says so.
+ */
+async function startGate(host: Host, setup: Setup, prepared: Prepared): Promise<void> {
+  const loc = setup.loc;
+  const changed = prepared.changes.some((c) =>
+    ["create", "update"].includes(c.action) &&
+    (isGateUnit(c.path) || c.path === prepared.configRecord.path)
+  );
+  try {
+    const state = (await showUnits(host, loc.systemctlScope, [GATE_SERVICE], [
+      "ActiveState",
+      "UnitFileState",
+    ]))[GATE_SERVICE];
+    if (state?.UnitFileState !== "enabled") {
+      await systemctl(host, loc.systemctlScope, "enable", GATE_SERVICE);
+    }
+    const running = ["active", "activating", "reloading"].includes(state?.ActiveState ?? "");
+    if (running && !changed) return;
+    await systemctl(host, loc.systemctlScope, running ? "restart" : "start", GATE_SERVICE);
+    // systemd has started the program; clients may come as soon as init returns.
+    for (let i = 0; i < 200 && !(await host.portOpen(STANDARD_PORT)); i++) await host.sleep(50);
+    host.out(
+      running
+        ? `Restarted ${GATE_SERVICE} (its settings changed; requests in flight through it were cut off).\n`
+        : `Started ${GATE_SERVICE}: lychd holds ${BASE_URL}, the engines answer on 127.0.0.1:${prepared.loaded.config.gate.enginePort}.\n`,
+    );
+  } catch (e) {
+    if (!(e instanceof SystemctlError)) throw e;
+    host.err(
+      `Could not start ${GATE_SERVICE}: ${e.message}. See \`${lychdLine(setup, "logs gate")}\`.\n`,
+    );
   }
 }
 

@@ -1,11 +1,11 @@
-/** `lychd logs [ENGINE|harvester|scribe] [-f] [-n N]`: a unit's journal (the active engine by default). */
+/** `lychd logs [ENGINE|harvester|scribe|gate] [-f] [-n N]`: a unit's journal (the active engine by default). */
 import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { LychdError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";
-import { resolveEngines, soulstoneService } from "../units/model.ts";
+import { GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface LogsOptions {
   config: ConfigOptions;
@@ -22,11 +22,13 @@ export async function logs(host: Host, options: LogsOptions): Promise<number> {
   let unit: string;
   if (options.target === "harvester" || options.target === "scribe") {
     unit = `${options.target}.service`;
+  } else if (options.target === "gate") {
+    unit = GATE_SERVICE;
   } else if (options.target !== null) {
     if (!engines.includes(options.target)) {
       throw new LychdError(
         `no engine or watcher "${options.target}"; choose one of: ${
-          [...engines, "harvester", "scribe"].join(", ")
+          [...engines, "harvester", "scribe", "gate"].join(", ")
         }`,
         2,
       );

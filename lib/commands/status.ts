@@ -18,9 +18,13 @@ import { formatBytes, imageExists, imageSize, modelLocation } from "../images.ts
 import {
   compileCacheDir,
   engineCacheDirs,
+  GATE_SERVICE,
   resolveEngines,
   soulstoneService,
 } from "../units/model.ts";
+import { controlFolder, GateClient } from "../gate_control.ts";
+import type { SwapRecord } from "../gate.ts";
+import type { Locations } from "../paths.ts";
 
 export interface StatusOptions {
   config: ConfigOptions;
@@ -56,6 +60,24 @@ export interface StatusReport {
     compileCache: { path: string; bytes: number | null } | null;
   }[];
   serving: { engine: string; health: string; models: string[] } | null;
+  /**
+   * The gate (lychd-gate.service), null when lychd.yaml has `gate: false`. `running`: its
+   * control folder answered; then the counts, the engine it sends to and the last swap.
+   */
+  gate: {
+    unit: string;
+    state: string;
+    running: boolean;
+    open: boolean;
+    engine: string | null;
+    held: number;
+    inFlight: number;
+    served: number;
+    refused: number;
+    /** Swaps through the gate since it started. */
+    swaps: number;
+    lastSwap: SwapRecord | null;
+  } | null;
   /** `healthy`: the watcher's own health endpoint answered 200 (Prometheus /-/ready, Grafana /api/health). */
   watchers: { name: string; unit: string; state: string; url: string; healthy: boolean }[];
 }
@@ -79,7 +101,11 @@ export async function status(host: Host, options: StatusOptions): Promise<number
       health: "/api/health",
     },
   ];
-  const units = [...engines.map((e) => soulstoneService(e.name)), ...watchers.map((w) => w.unit)];
+  const units = [
+    ...engines.map((e) => soulstoneService(e.name)),
+    ...watchers.map((w) => w.unit),
+    ...(config.gate.enabled ? [GATE_SERVICE] : []),
+  ];
   const props = await showUnits(host, loc.systemctlScope, units, ["ActiveState", "SubState"]);
   const state = (unit: string) => props[unit]?.ActiveState ?? "unknown";
   const active =
@@ -137,6 +163,7 @@ export async function status(host: Host, options: StatusOptions): Promise<number
       };
     })),
     serving: active && p ? { engine: active.name, health: p.detail, models: p.models } : null,
+    gate: config.gate.enabled ? await gateReport(host, loc, state(GATE_SERVICE)) : null,
     watchers: await Promise.all(watchers.map(async ({ health, ...w }) => {
       const r = await host.httpGet(`${w.url}${health}`, 2000);
       return { ...w, state: state(w.unit), healthy: "status" in r && r.status === 200 };
@@ -144,6 +171,36 @@ export async function status(host: Host, options: StatusOptions): Promise<number
   };
   host.out(options.json ? JSON.stringify(report, null, 2) + "\n" : describe(report));
   return !active ? EXIT.NOTHING_ACTIVE : report.healthy ? EXIT.OK : EXIT.UNHEALTHY;
+}
+
+async function gateReport(
+  host: Host,
+  loc: Locations,
+  unitState: string,
+): Promise<StatusReport["gate"]> {
+  const folder = controlFolder(loc);
+  const g = folder === null ? null : await new GateClient(host, folder).status();
+  return {
+    unit: GATE_SERVICE,
+    state: unitState,
+    running: g !== null,
+    open: g?.open ?? false,
+    engine: g?.engine ?? null,
+    held: g?.counts.held ?? 0,
+    inFlight: g?.counts.inFlight ?? 0,
+    served: g?.counts.served ?? 0,
+    refused: g?.counts.refused ?? 0,
+    swaps: g?.swaps ?? 0,
+    lastSwap: g?.lastSwap ?? null,
+  };
+}
+
+/** "vllm -> llama ok in 4.2 s (drain 0.3 s, stop 1.2 s, ...)" */
+export function describeSwap(s: SwapRecord): string {
+  const phases = Object.entries(s.phases).map(([k, v]) => `${k} ${v.toFixed(1)} s`);
+  const total = Object.values(s.phases).reduce((a, b) => a + b, 0);
+  return `${s.from ?? "nothing"} -> ${s.to} ${s.result} in ${total.toFixed(1)} s` +
+    (phases.length ? ` (${phases.join(", ")})` : "") + `, at ${new Date(s.at).toISOString()}`;
 }
 
 function describe(r: StatusReport): string {
@@ -180,6 +237,17 @@ function describe(r: StatusReport): string {
         ]
         : []),
     );
+  }
+  if (r.gate) {
+    const g = r.gate;
+    lines.push(
+      g.running
+        ? `  gate: ${g.unit} ${g.state}, ${
+          g.open ? `open to ${g.engine ?? "the engine port"}` : "holding requests"
+        }: ${g.held} held, ${g.inFlight} in flight, ${g.served} served, ${g.refused} refused`
+        : `  gate: ${g.unit} ${g.state}, NOT answering: nothing serves ${r.endpoint}`,
+    );
+    if (g.lastSwap) lines.push(`    last swap: ${describeSwap(g.lastSwap)}`);
   }
   lines.push("  watchers:");
   for (const w of r.watchers) {

@@ -4,7 +4,7 @@ import { loadConfig } from "../config/load.ts";
 import type { Host } from "../host.ts";
 import { openSetup } from "../setup.ts";
 import { systemctl } from "../systemctl.ts";
-import { resolveEngines, soulstoneService } from "../units/model.ts";
+import { GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface StopOptions {
   config: ConfigOptions;
@@ -17,11 +17,18 @@ export async function stop(host: Host, options: StopOptions): Promise<number> {
   const { config } = await loadConfig(host, setup.configPath, [], false);
   // Stopping units that are not running is a no-op, so all soulstones go in one call.
   const units = resolveEngines(config).map((e) => soulstoneService(e.name));
-  if (options.all) units.push("scribe.service", "harvester.service");
+  if (options.all) {
+    units.push("scribe.service", "harvester.service");
+    if (config.gate.enabled) units.push(GATE_SERVICE);
+  }
   await systemctl(host, loc.systemctlScope, "stop", ...units);
   host.out(`Stopped ${options.all ? "every lychd unit" : "the engine"}: ${units.join(" ")}\n`);
   if (!options.all) {
-    host.out("The harvester and scribe keep running (lychd stop --all stops them too).\n");
+    host.out(
+      `The harvester and scribe${
+        config.gate.enabled ? " and the gate (which holds requests until an engine serves)" : ""
+      } keep running (lychd stop --all stops them too).\n`,
+    );
   }
   return 0;
 }

@@ -14,7 +14,7 @@ import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import { imageExists } from "../images.ts";
 import { installUnits, withLock } from "../install.ts";
-import { BASE_URL, type Probe, probe, warmUp } from "../readiness.ts";
+import { BASE_URL, engineUrl, type Probe, probe, warmUp } from "../readiness.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import {
   journalTail,
@@ -26,6 +26,9 @@ import {
 } from "../systemctl.ts";
 import { printable } from "../text.ts";
 import { describeHolders, waitForGpuMemory } from "../gpu.ts";
+import { controlFolder, GateClient } from "../gate_control.ts";
+import type { SwapRecord } from "../gate.ts";
+import type { LychdConfig } from "../config/types.ts";
 import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface SwapOptions {
@@ -35,6 +38,10 @@ export interface SwapOptions {
   timeoutSec: number | null;
   wait: boolean;
   rollback: boolean;
+  /** Behind the gate: wait for the old engine's requests in flight before stopping it. */
+  drain: boolean;
+  /** How long to wait for them; null = gate.drain_timeout. */
+  drainTimeoutSec: number | null;
 }
 
 const POLL_MS = 25;
@@ -114,6 +121,8 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     );
     return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
   });
+  const gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
+  const t0 = host.now();
   let result: Outcome;
   try {
     result = await switchTo(
@@ -130,7 +139,19 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   } finally {
     stopListening();
   }
+  const record = (to: string, result: SwapRecord["result"], phases: Record<string, number>) => ({
+    from: previous?.name ?? null,
+    to,
+    result,
+    phases: { ...(gate?.drainSec === undefined ? {} : { drain: gate.drainSec }), ...phases },
+    at: Date.now(),
+  });
   if (result.ok) {
+    if (gate) {
+      if (options.wait) {
+        await gate.client.open(target.name, record(target.name, "ok", result.phases));
+      } else await gate.client.recover(target.name);
+    }
     host.out(`${result.report}\n`);
     return EXIT.OK;
   }
@@ -138,8 +159,12 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   host.err(`Last lines of ${soulstoneService(target.name)}'s journal:\n`);
   host.err(indent(await journalTail(host, scope, soulstoneService(target.name), 20)));
 
+  const failed = async (message: string) => {
+    await gate?.client.refuse(message, record(target.name, "failed", {}));
+  };
   if (!options.rollback) {
     host.err(`Not rolling back (--no-rollback): ${target.name} is left as it is.\n`);
+    await failed(`the swap to ${target.name} failed (${fmt(host.now() - t0)})`);
     return EXIT.NOT_SERVING;
   }
   if (!previous) {
@@ -152,6 +177,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
           `the swap; ${target.name}`
       } is stopped now and ${bootBefore} is the boot engine. Nothing serves on ${BASE_URL} now.\n`,
     );
+    await failed(`the swap to ${target.name} failed and no engine served before it`);
     return EXIT.NOT_SERVING;
   }
   host.err(`Rolling back to ${previous.name}...\n`);
@@ -169,11 +195,13 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     false,
   );
   if (back.ok) {
+    await gate?.client.open(previous.name, record(target.name, "rolled-back", back.phases));
     host.err(
       `${back.report}\nThe swap to ${target.name} failed; ${previous.name} serves again, as before.\n`,
     );
     return EXIT.ROLLED_BACK;
   }
+  await failed(`the swap to ${target.name} failed, and the rollback to ${previous.name} too`);
   host.err(
     `The rollback failed too: ${previous.name}: ${back.reason}. Nothing serves on ${BASE_URL} now; ` +
       `see \`${lychdLine(setup, "status")}\` and \`${lychdLine(setup, "logs")}\`.\n`,
@@ -205,7 +233,84 @@ function withoutInstall(text: string | null | undefined): string {
   return (text ?? "").replace(/\n(#[^\n]*\n)*\[Install\][\s\S]*$/, "\n").trimEnd();
 }
 
-type Outcome = { ok: true; report: string } | { ok: false; reason: string };
+/** `phases`: seconds per phase (stop, start, load, warmup), for the gate's metrics. */
+type Outcome =
+  | { ok: true; report: string; phases: Record<string, number> }
+  | { ok: false; reason: string };
+
+interface HeldAtGate {
+  client: GateClient;
+  /** Seconds the drain took (undefined: no drain). */
+  drainSec?: number;
+}
+
+const DRAIN_POLL_MS = 250;
+
+/**
+ * Behind the gate: tell it to hold new requests (up to the new engine's start timeout, plus the
+ * old one's stop), then wait until the old engine's requests in flight are done (drain), bounded
+ * by the drain timeout. null: no gate in this setup, or it does not run (said so).
+ */
+async function holdAtGate(
+  host: Host,
+  config: LychdConfig,
+  setup: Setup,
+  options: SwapOptions,
+  target: Engine,
+  previous: Engine | null,
+  progress: Progress,
+): Promise<HeldAtGate | null> {
+  if (!config.gate.enabled) return null;
+  const folder = controlFolder(setup.loc);
+  const client = folder === null ? null : new GateClient(host, folder);
+  if (client === null || (await client.status()) === null) {
+    progress.note(
+      `the gate does not run: requests on ${BASE_URL} are not held through this swap ` +
+        `(start it: ${
+          ["systemctl", ...setup.loc.systemctlScope, "start lychd-gate.service"].join(" ")
+        })`,
+    );
+    return null;
+  }
+  const holdSec = (options.timeoutSec ?? target.settings.startTimeoutSec) +
+    (previous?.settings.stopTimeoutSec ?? 0) + 30;
+  await client.close(holdSec * 1000);
+  if (!previous || !options.drain) {
+    if (previous) {
+      progress.note(
+        `not draining ${previous.name} (--no-drain): its requests in flight are cut off`,
+      );
+    }
+    return { client };
+  }
+  const t0 = host.now();
+  const limitMs = (options.drainTimeoutSec ?? config.gate.drainTimeoutSec) * 1000;
+  let inFlight = -1;
+  for (;;) {
+    const status = await client.status();
+    if (status === null) {
+      progress.note("the gate stopped answering; going on without the drain");
+      break;
+    }
+    if (status.counts.inFlight === 0) break;
+    if (status.counts.inFlight !== inFlight) {
+      inFlight = status.counts.inFlight;
+      progress.phase(`draining ${previous.name}: ${inFlight} requests in flight`);
+    }
+    if (host.now() - t0 >= limitMs) {
+      progress.note(
+        `drain timeout (${fmt(limitMs)}): stopping ${previous.name} with ${inFlight} requests ` +
+          "still in flight",
+      );
+      break;
+    }
+    progress.tick();
+    await host.sleep(DRAIN_POLL_MS);
+  }
+  const drainSec = (host.now() - t0) / 1000;
+  if (inFlight > 0) progress.note(`drained ${previous.name} in ${fmt(drainSec * 1000)}`);
+  return { client, drainSec };
+}
 
 /**
  * Make `engine` the boot engine, start it (restart it if `restart`: it runs with an old unit),
@@ -291,7 +396,11 @@ async function switchTo(
 
   if (!options.wait) {
     progress.done();
-    return { ok: true, report: `${engine.name} started (--no-wait: not waiting until it serves).` };
+    return {
+      ok: true,
+      report: `${engine.name} started (--no-wait: not waiting until it serves).`,
+      phases: {},
+    };
   }
 
   const timeoutMs = (options.timeoutSec ?? engine.settings.startTimeoutSec) * 1000;
@@ -335,9 +444,9 @@ async function switchTo(
         return {
           ok: false,
           reason: state === "failed" || state === "inactive"
-            ? `the unit is ${state} (last answer on port 8081: ${p.detail})`
+            ? `the unit is ${state} (last answer on port ${engine.hostPort}: ${p.detail})`
             : `the engine exited${status} while starting (systemd would restart it; a swap ` +
-              `does not wait for that). Last answer on port 8081: ${p.detail}`,
+              `does not wait for that). Last answer on port ${engine.hostPort}: ${p.detail}`,
         };
       }
     }
@@ -345,9 +454,9 @@ async function switchTo(
       progress.done();
       return {
         ok: false,
-        reason: `not ready after ${
-          fmt(timeoutMs)
-        } (last answer on ${BASE_URL}${engine.healthPath}: ${p.detail})`,
+        reason: `not ready after ${fmt(timeoutMs)} (last answer on ${
+          engineUrl(engine)
+        }${engine.healthPath}: ${p.detail})`,
       };
     }
     await host.sleep(POLL_MS);
@@ -358,12 +467,13 @@ async function switchTo(
     progress.phase("warming up: one short completion");
     // The model as the engine lists it: the probe that found it ready has just asked.
     const model = engine.model !== null && served.includes(engine.model) ? engine.model : served[0];
-    const w = await warmUp(host, model, Math.max(30_000, deadline - host.now()));
+    const w = await warmUp(host, engine, model, Math.max(30_000, deadline - host.now()));
     if (!w.ok) {
       progress.done();
       return {
         ok: false,
-        reason: `healthy, but the warm-up request (one short completion on ${BASE_URL}/v1/` +
+        reason:
+          `healthy, but the warm-up request (one short completion on ${engineUrl(engine)}/v1/` +
           `completions) failed: ${w.why}`,
       };
     }
@@ -382,9 +492,16 @@ async function switchTo(
     `model loaded ${fmt(Math.max(0, readyAt - upAt))}`,
     ...(warmMs === null ? [] : [`first request ${fmt(warmMs)}`]),
   ];
+  const stoppedMs = stopping ? (stoppedAt ?? upAt) - t0 : null;
   return {
     ok: true,
     report: `${engine.name} ready in ${fmt(host.now() - t0)} (${phases.join(", ")})`,
+    phases: {
+      ...(stoppedMs === null ? {} : { stop: stoppedMs / 1000 }),
+      start: Math.max(0, upAt - (stoppedAt ?? t0)) / 1000,
+      load: Math.max(0, readyAt - upAt) / 1000,
+      ...(warmMs === null ? {} : { warmup: warmMs / 1000 }),
+    },
   };
 }
 

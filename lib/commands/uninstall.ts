@@ -11,7 +11,7 @@ import type { ConfigOptions } from "../config/types.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import type { Locations } from "../paths.ts";
-import { GRAFANA_ADMIN_SECRET } from "../units/model.ts";
+import { GATE_SERVICE, GRAFANA_ADMIN_SECRET } from "../units/model.ts";
 import { daemonReload, systemctlLine, withLock } from "../install.ts";
 import { openSetup } from "../setup.ts";
 import { SystemctlError } from "../systemctl.ts";
@@ -53,7 +53,7 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
     if (await ownership(manifest, p, bytes) === "lychd" || options.force) remove.push(p);
     else keep.push(p);
   }
-  const units = paths.filter((p) => p.endsWith(".container")).map((p) =>
+  const units = paths.filter((p) => p.endsWith(".container") || p.endsWith(".service")).map((p) =>
     p.slice(p.lastIndexOf("/") + 1).replace(/\.container$/, ".service")
   );
   const purged = options.purge ? [...(purgeConfig ? [configFile] : []), password] : [];
@@ -86,6 +86,10 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
   }
 
   return await withLock(host, loc, async () => {
+    if (units.includes(GATE_SERVICE)) {
+      // A plain unit's [Install] is a link systemctl made: it goes with the unit.
+      await host.run("systemctl", [...loc.systemctlScope, "disable", GATE_SERVICE]);
+    }
     if (units.length) {
       const stopped = await host.run("systemctl", [...loc.systemctlScope, "stop", ...units]);
       if (stopped.code !== 0) {

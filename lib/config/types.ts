@@ -25,6 +25,7 @@ export interface LychdConfig {
   secrets: Record<string, string>;
   harvester: { image: string | null; scrapeInterval: string; retention: string };
   scribe: { image: string | null };
+  gate: GateSettings;
   cartridges: Record<string, CartridgeSettings>;
 }
 
@@ -51,4 +52,25 @@ export interface CartridgeSettings {
   warmup: boolean;
   /** Folders inside the container kept in lychd's compile cache folder for the engine. */
   caches: string[];
+}
+
+/** lychd's own server on 8081 (`lychd gate`, lychd-gate.service), in front of the engines. */
+export interface GateSettings {
+  /** false: today's layout, the active engine itself on 8081. */
+  enabled: boolean;
+  /** The loopback port every engine publishes on behind the gate. */
+  enginePort: number;
+  /** Where 8081 listens: loopback only, or every address (then API keys are required). */
+  listen: "loopback" | "all";
+  /** A file of API keys (one per line, mode 0600), required when listen is all. */
+  apiKeysFile: string | null;
+  /** How long a request waits for an engine; null = the engine's start timeout. */
+  holdTimeoutSec: number | null;
+  maxHeld: number;
+  /** How long a swap waits for the old engine's requests in flight. */
+  drainTimeoutSec: number;
+  /** Swap to the engine whose model a request names. */
+  onDemand: boolean;
+  /** An engine that became active stays at least this long while requests for it keep coming. */
+  minResidencySec: number;
 }

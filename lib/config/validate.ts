@@ -5,7 +5,7 @@
  */
 import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
-import type { CartridgeSettings, GpuSpec, LychdConfig } from "./types.ts";
+import type { CartridgeSettings, GateSettings, GpuSpec, LychdConfig } from "./types.ts";
 import { CONTROL_CHARACTER, hostPathProblem } from "../unit_syntax.ts";
 import type { KeyPath } from "./yaml.ts";
 import { suggest } from "../suggest.ts";
@@ -31,6 +31,7 @@ const TOP_KEYS = [
   "secrets",
   "harvester",
   "scribe",
+  "gate",
   "cartridges",
 ] as const;
 const CARTRIDGE_KEYS = [
@@ -51,6 +52,34 @@ const CARTRIDGE_KEYS = [
 const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path"];
 const HARVESTER_KEYS = ["image", "scrape_interval", "retention"] as const;
 const SCRIBE_KEYS = ["image"] as const;
+const GATE_KEYS = [
+  "enabled",
+  "engine_port",
+  "listen",
+  "api_keys_file",
+  "hold_timeout",
+  "max_held",
+  "drain_timeout",
+  "on_demand",
+  "min_residency",
+] as const;
+
+/** Whether lychd.yaml without a gate key gets the gate (docs/gate.md). */
+export const GATE_BY_DEFAULT = false;
+
+export const DEFAULT_GATE: GateSettings = {
+  enabled: GATE_BY_DEFAULT,
+  enginePort: 18081,
+  listen: "loopback",
+  apiKeysFile: null,
+  holdTimeoutSec: null,
+  maxHeld: 256,
+  drainTimeoutSec: 30,
+  onDemand: false,
+  minResidencySec: 60,
+};
+/** Ports lychd's other listeners hold: the gate, the harvester, the scribe. */
+const TAKEN_PORTS = [8081, 9090, 3000];
 
 export const DEFAULT_START_TIMEOUT_SEC = 15 * 60;
 export const DEFAULT_STOP_TIMEOUT_SEC = 30;
@@ -138,7 +167,76 @@ class Validator {
         ) ?? "15d",
       },
       scribe: { image: this.optionalImage(scribe.image, ["scribe", "image"]) },
+      gate: this.gate(top.gate),
       cartridges,
+    };
+  }
+
+  /** `gate: false`, `gate: true`, or a mapping of its settings. */
+  gate(raw: unknown): GateSettings {
+    if (raw === undefined || raw === null) return { ...DEFAULT_GATE };
+    if (raw === true) return { ...DEFAULT_GATE, enabled: true };
+    if (raw === false) return { ...DEFAULT_GATE, enabled: false };
+    const path = ["gate"];
+    if (!isPlainObject(raw)) {
+      this.fail(
+        path,
+        `expected true, false or a mapping of the gate's settings, got ${describe(raw)}`,
+      );
+      return { ...DEFAULT_GATE };
+    }
+    const m = this.map(raw, path, GATE_KEYS) ?? {};
+    const opt = <T>(key: string, check: (v: unknown, p: KeyPath) => T | null): T | null =>
+      m[key] === undefined || m[key] === null ? null : check(m[key], [...path, key]);
+    const d = DEFAULT_GATE;
+    const enginePort = opt("engine_port", (v, p) => {
+      const port = this.port(v, p);
+      if (port === null) return null;
+      if (port < 1024) return this.fail(p, `${port} is a privileged port; use 1024-65535`);
+      if (TAKEN_PORTS.includes(port)) {
+        return this.fail(
+          p,
+          `${port} is taken by lychd itself (8081 gate, 9090 harvester, 3000 scribe)`,
+        );
+      }
+      return port;
+    }) ?? d.enginePort;
+    const listen = opt(
+      "listen",
+      (v, p) =>
+        v === "loopback" || v === "all"
+          ? v
+          : this.fail(p, `${JSON.stringify(v)} is not loopback (127.0.0.1) or all (0.0.0.0)`),
+    ) ??
+      d.listen;
+    const apiKeysFile = opt("api_keys_file", (v, p) => {
+      const s = this.hostPath(v, p);
+      return s === null || s.startsWith("/") ? s : this.fail(p, "expected an absolute path");
+    });
+    if (listen === "all" && apiKeysFile === null && m.api_keys_file === undefined) {
+      this.fail(
+        [...path, "listen"],
+        "listening on every address needs API keys: set gate.api_keys_file to a file of keys " +
+          "(one per line, mode 0600)",
+      );
+    }
+    const maxHeld = opt(
+      "max_held",
+      (v, p) =>
+        typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 100_000
+          ? v
+          : this.fail(p, `${JSON.stringify(v)} is not a number of requests (0-100000)`),
+    ) ?? d.maxHeld;
+    return {
+      enabled: opt("enabled", (v, p) => this.boolean(v, p)) ?? true,
+      enginePort,
+      listen,
+      apiKeysFile,
+      holdTimeoutSec: opt("hold_timeout", (v, p) => this.duration(v, p)),
+      maxHeld,
+      drainTimeoutSec: opt("drain_timeout", (v, p) => this.duration(v, p)) ?? d.drainTimeoutSec,
+      onDemand: opt("on_demand", (v, p) => this.boolean(v, p)) ?? d.onDemand,
+      minResidencySec: opt("min_residency", (v, p) => this.duration(v, p)) ?? d.minResidencySec,
     };
   }
 

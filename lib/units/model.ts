@@ -11,6 +11,7 @@ import {
   GRAFANA_PORT,
   PROMETHEUS_IMAGE,
   PROMETHEUS_PORT,
+  STANDARD_PORT,
 } from "../engines.ts";
 import { ConfigError } from "../errors.ts";
 import { defaultSettings } from "../config/validate.ts";
@@ -22,7 +23,10 @@ export interface Engine {
   title: string;
   builtin: boolean;
   image: string;
+  /** The port the engine listens on inside its container. */
   port: number;
+  /** The loopback port it is published on: 8081, or the gate's engine port behind the gate. */
+  hostPort: number;
   healthPath: string;
   metricsPath: string;
   /** The model the engine serves (its name in /v1/models), null if the engine is not told one. */
@@ -37,6 +41,7 @@ export interface EngineUnit {
   fileName: string;
   serviceName: string;
   engine: Engine;
+  hostPort: number;
   conflicts: string[];
   after: string[];
   devices: string[];
@@ -50,6 +55,57 @@ export interface EngineUnit {
   timeoutStopSec: number;
   /** Only the active engine starts at boot. */
   wantedBy: string | null;
+}
+
+/** lychd-gate.service: lychd itself on 8081, in front of the engines (not a container). */
+export interface GateUnit {
+  fileName: "lychd-gate.service";
+  /** The program and arguments that run lychd (the binary, or deno with main.ts). */
+  exec: string[];
+  listen: string;
+  enginePort: number;
+  /**
+   * A fingerprint of the lychd.yaml settings the gate reads when it starts (all but `active`,
+   * which every swap changes): the unit changes with them, so init knows to restart the gate.
+   */
+  settings: string;
+  wantedBy: string;
+}
+
+export const GATE_SERVICE = "lychd-gate.service";
+/** The gate's own metrics, on 8081 beside the engine's /metrics. */
+export const GATE_METRICS_PATH = "/lychd/metrics";
+
+/** How `lychd` is run on this host, and which setup it is (from prepare()). */
+export interface SelfCommand {
+  program: string[];
+  configPath: string;
+}
+
+export function gateUnit(config: LychdConfig, loc: Locations, self: SelfCommand): GateUnit {
+  return {
+    fileName: GATE_SERVICE,
+    exec: [
+      ...self.program,
+      "gate",
+      ...(loc.mode === "system" ? ["--system"] : []),
+      "--config",
+      self.configPath,
+    ],
+    listen: `${config.gate.listen === "all" ? "0.0.0.0" : "127.0.0.1"}:${STANDARD_PORT}`,
+    enginePort: config.gate.enginePort,
+    settings: fingerprint(JSON.stringify({ ...config, active: null })),
+    wantedBy: loc.bootTarget,
+  };
+}
+
+/** FNV-1a, 64 bits as hex: change detection, not security (the plan is pure and synchronous). */
+function fingerprint(text: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (const byte of new TextEncoder().encode(text)) {
+    h = ((h ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return h.toString(16).padStart(16, "0");
 }
 
 /** harvester.container: Prometheus. */
@@ -82,7 +138,13 @@ export function soulstoneService(engine: string): string {
   return `soulstone-${engine}.service`;
 }
 
+/** Where the active engine answers on this host (the gate's upstream when the gate is on). */
+export function enginePort(config: LychdConfig): number {
+  return config.gate.enabled ? config.gate.enginePort : STANDARD_PORT;
+}
+
 export function resolveEngines(config: LychdConfig): Engine[] {
+  const hostPort = enginePort(config);
   return config.engines.map((name) => {
     const cartridge = builtinCartridge(name) ?? null;
     const settings = config.cartridges[name] ?? defaultSettings(name);
@@ -102,6 +164,7 @@ export function resolveEngines(config: LychdConfig): Engine[] {
         builtin: true,
         image,
         port: cartridge.port,
+        hostPort,
         healthPath: cartridge.healthPath,
         metricsPath: cartridge.metricsPath,
         model: settings.model ?? cartridge.defaultModel,
@@ -117,6 +180,7 @@ export function resolveEngines(config: LychdConfig): Engine[] {
       builtin: false,
       image: settings.image!,
       port: settings.port!,
+      hostPort,
       healthPath: settings.healthPath ?? "/health",
       metricsPath: settings.metricsPath ?? "/metrics",
       model: settings.model,
@@ -158,6 +222,7 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       fileName: `soulstone-${engine.name}.container`,
       serviceName: soulstoneService(engine.name),
       engine,
+      hostPort: engine.hostPort,
       conflicts: siblings.map(soulstoneService),
       // One ordering dependency per pair, in one direction only (both would be a cycle).
       after: siblings.filter((n) => n < engine.name).map(soulstoneService),

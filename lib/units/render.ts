@@ -9,6 +9,7 @@ import nunjucks from "nunjucks";
 import soulstone from "../../templates/soulstone.j2" with { type: "text" };
 import harvester from "../../templates/harvester.j2" with { type: "text" };
 import scribe from "../../templates/scribe.j2" with { type: "text" };
+import gate from "../../templates/lychd-gate.service.j2" with { type: "text" };
 import prometheusYml from "../../templates/prometheus.yml.j2" with { type: "text" };
 import grafanaDatasource from "../../templates/grafana-datasource.yaml.j2" with { type: "text" };
 import grafanaDashboards from "../../templates/grafana-dashboards.yaml.j2" with { type: "text" };
@@ -18,6 +19,7 @@ export const TEMPLATES: Record<string, string> = {
   "soulstone.j2": soulstone,
   "harvester.j2": harvester,
   "scribe.j2": scribe,
+  "lychd-gate.service.j2": gate,
   "prometheus.yml.j2": prometheusYml,
   "grafana-datasource.yaml.j2": grafanaDatasource,
   "grafana-dashboards.yaml.j2": grafanaDashboards,

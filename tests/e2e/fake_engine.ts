@@ -77,6 +77,45 @@ function metrics(): string {
   }
 }
 
+const TOKENS = 6;
+const TOKEN_MS = 50;
+
+async function chat(req: Request): Promise<Response> {
+  const body = await req.json().catch(() => ({}));
+  const base = { id: `chatcmpl-${port}`, model, system_fingerprint: `port=${port}` };
+  if (!body.stream) {
+    await new Promise((r) => setTimeout(r, TOKENS * TOKEN_MS));
+    return Response.json({
+      ...base,
+      object: "chat.completion",
+      choices: [{
+        index: 0,
+        message: { role: "assistant", content: "fake ".repeat(TOKENS) },
+        finish_reason: "stop",
+      }],
+    });
+  }
+  const e = new TextEncoder();
+  return new Response(
+    new ReadableStream<Uint8Array>({
+      async start(c) {
+        for (let i = 0; i < TOKENS; i++) {
+          const chunk = {
+            ...base,
+            object: "chat.completion.chunk",
+            choices: [{ index: 0, delta: { content: "fake " } }],
+          };
+          c.enqueue(e.encode(`data: ${JSON.stringify(chunk)}\n\n`));
+          await new Promise((r) => setTimeout(r, TOKEN_MS));
+        }
+        c.enqueue(e.encode("data: [DONE]\n\n"));
+        c.close();
+      },
+    }),
+    { headers: { "content-type": "text/event-stream" } },
+  );
+}
+
 console.log(
   `fake engine: port ${port}, model ${model}, ready after ${neverReady ? "never" : `${loadMs} ms`}`,
 );
@@ -112,6 +151,13 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
           choices: [{ index: 0, text: " fake" }],
         })
         : Response.json({ error: { code: 503, message: "Loading model" } }, { status: 503 });
+    case "/v1/chat/completions":
+      // A client's chat request (the gate's load test): a few tokens over ~300 ms, streamed as
+      // SSE chunks or answered at once. `system_fingerprint` says which engine answered.
+      if (!ready) {
+        return Response.json({ error: { code: 503, message: "Loading model" } }, { status: 503 });
+      }
+      return chat(req);
     case "/whoami":
       // ready_at: when /health turned 200, in ms since the epoch (for scripts/bench_swap.ts).
       return new Response(

@@ -11,6 +11,8 @@ export interface FakeHostOptions {
   /** Answers for HTTP GETs (the engine on port 8081); default: connection refused. */
   /** Answers for HTTP requests; `body` is the JSON text of a POST. */
   http?: (url: string, body?: string) => HttpResult;
+  /** Answers requests to the gate's control folder; unset = no gate runs. */
+  control?: (method: string, path: string, body: unknown) => HttpResult | undefined;
 }
 
 export class FakeHost implements Host {
@@ -149,6 +151,25 @@ export class FakeHost implements Host {
     this.clock += 1;
     this.posts.push({ url, body });
     return Promise.resolve(this.options.http?.(url, JSON.stringify(body)) ?? { error: "refused" });
+  }
+
+  /** Calls to the gate's control folder; `options.control` answers them (default: no gate). */
+  controls: { folder: string; method: string; path: string; body: unknown }[] = [];
+
+  control(
+    folder: string,
+    method: "GET" | "POST",
+    path: string,
+    body: unknown,
+    _timeoutMs: number,
+  ): Promise<HttpResult> {
+    this.clock += 1;
+    this.controls.push({ folder, method, path, body });
+    return Promise.resolve(this.options.control?.(method, path, body) ?? { error: "refused" });
+  }
+
+  lychdProgram() {
+    return ["/usr/local/bin/lychd"];
   }
 
   lock(_path: string, _timeoutMs: number, _onWait: () => void) {

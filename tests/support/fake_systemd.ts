@@ -326,9 +326,12 @@ export class FakeSystemd {
   /** Ports of the watchers that answer their health endpoint (Prometheus 9090, Grafana 3000). */
   watchersUp = new Set<number>();
 
+  /** Where the engines answer: 8081, or the gate's engine port (gate: true). */
+  enginePort = 8081;
+
   http(url: string, body?: string): HttpResult {
     const port = Number(new URL(url).port);
-    if (port !== 8081) {
+    if (port !== this.enginePort) {
       return this.watchersUp.has(port) ? { status: 200, body: "ok" } : { error: "refused" };
     }
     const active = [...this.units.keys()].find((n) =>

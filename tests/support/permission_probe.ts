@@ -19,7 +19,11 @@ console.log(JSON.stringify({
   readSecretFile: await attempt(() => Deno.readTextFile("/etc/shadow")),
   // .invalid never resolves: the permission check comes first, and nothing leaves the machine.
   connectNonLoopback: await attempt(() => fetch("http://lychd-probe.invalid/")),
-  connectOtherLoopbackPort: await attempt(() => fetch("http://127.0.0.1:9999/")),
+  // The gate may listen on every address, on 8081 only.
+  listenOtherPortBeyondLoopback: await attempt(() => {
+    Deno.listen({ hostname: "0.0.0.0", port: 18999 }).close();
+    return Promise.resolve();
+  }),
   readEnvOutsideList: await attempt(() => Promise.resolve(Deno.env.get("AWS_SECRET_ACCESS_KEY"))),
   allowedProgram: await attempt(() =>
     new Deno.Command("systemctl", { args: ["--version"] }).output()

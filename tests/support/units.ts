@@ -6,6 +6,8 @@ import { buildPlan, type Plan } from "../../lib/plan.ts";
 import { run, TOOLS } from "./tools.ts";
 
 export const TEST_HOME = "/home/ada";
+/** What the gate unit runs in plans built here (where the release install puts lychd). */
+export const LYCHD_PROGRAM = ["/usr/local/bin/lychd"];
 
 export function planFor(
   yaml: string | null,
@@ -14,12 +16,19 @@ export function planFor(
 ): Plan {
   const loc = locations(mode, (n) => (n === "HOME" ? TEST_HOME : undefined));
   const { config, configText } = resolveConfig(yaml, loc.configFile, overrides);
-  return buildPlan(config, loc, configText);
+  return buildPlan(config, loc, configText, { program: LYCHD_PROGRAM, configPath: loc.configFile });
 }
 
 export function unitFiles(plan: Plan): Record<string, string> {
   return Object.fromEntries(
     plan.files.filter((f) => f.root === "quadlet").map((f) => [f.path, f.content]),
+  );
+}
+
+/** The plain systemd units of a plan (lychd-gate.service). */
+export function systemdUnits(plan: Plan): Record<string, string> {
+  return Object.fromEntries(
+    plan.files.filter((f) => f.root === "units").map((f) => [f.path, f.content]),
   );
 }
 

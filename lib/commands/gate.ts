@@ -1,0 +1,168 @@
+/**
+ * `lychd gate`: lychd itself on 127.0.0.1:8081 (run by systemd as lychd-gate.service), in front
+ * of whichever engine serves on the engine port. It holds requests while no engine is ready,
+ * lets `lychd swap` drain and open it through its control folder, exports its own metrics on
+ * /lychd/metrics, asks for API keys when it listens beyond loopback, and with on_demand swaps to
+ * the engine whose model a request names (lib/on_demand.ts). The proxy itself is lib/gate.ts.
+ */
+import { loadConfig } from "../config/load.ts";
+import type { ConfigOptions, LychdConfig } from "../config/types.ts";
+import { LychdError } from "../errors.ts";
+import { EXIT } from "../exit.ts";
+import { Gate, openAiError } from "../gate.ts";
+import { controlFolder, controlRequest, serveControl } from "../gate_control.ts";
+import type { Host } from "../host.ts";
+import { OnDemand } from "../on_demand.ts";
+import { probe } from "../readiness.ts";
+import { openSetup } from "../setup.ts";
+import { showUnits } from "../systemctl.ts";
+import { GATE_METRICS_PATH, resolveEngines, soulstoneService } from "../units/model.ts";
+import { STANDARD_PORT } from "../engines.ts";
+
+export interface GateOptions {
+  config: ConfigOptions;
+}
+
+/** Serve until SIGTERM or SIGINT; then let the requests in flight finish, and exit 0. */
+export async function gate(host: Host, options: GateOptions): Promise<number> {
+  const setup = await openSetup(host, options.config, { kind: "operate" });
+  const { config } = await loadConfig(host, setup.configPath, [], false);
+  if (!config.gate.enabled) {
+    throw new LychdError(
+      `the gate is off in ${setup.configPath} (gate: false): the active engine itself holds ` +
+        `port ${STANDARD_PORT}.`,
+      EXIT.USAGE,
+    );
+  }
+  const folder = controlFolder(setup.loc);
+  if (folder === null) {
+    throw new LychdError(
+      "XDG_RUNTIME_DIR is not set: the gate's control folder lives there (run it as a user " +
+        "service: systemctl --user start lychd-gate.service).",
+      EXIT.NO_SYSTEMD,
+    );
+  }
+  const engines = resolveEngines(config);
+  const upstream = `http://127.0.0.1:${config.gate.enginePort}`;
+  const running = await activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name));
+  const holdSec = config.gate.holdTimeoutSec ??
+    engines.find((e) => e.name === (running ?? config.active))!.settings.startTimeoutSec;
+  const gate = new Gate(upstream, {
+    holdTimeoutMs: holdSec * 1000,
+    maxHeld: config.gate.maxHeld,
+    serving: async () => {
+      // Whatever serves on the engine port now: ask systemd which one, then the engine itself.
+      const name = await activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name));
+      const engine = engines.find((e) => e.name === name);
+      if (engine === undefined || (await probe(host, engine, 1000)).state !== "ready") return false;
+      return { engine: engine.name };
+    },
+  });
+  gate.open(upstream, running);
+  const keys = await apiKeys(host, config);
+  const since = Date.now();
+  const onDemand = config.gate.onDemand
+    ? new OnDemand(gate, engines, {
+      minResidencyMs: config.gate.minResidencySec * 1000,
+      swap: (engine) => swapInProcess(host, options.config, engine),
+      log: (line) => host.err(`${line}\n`),
+    })
+    : null;
+
+  let stopping = false;
+  const control = serveControl(
+    host,
+    folder,
+    (req) => controlRequest(gate, upstream, since, req),
+    () => stopping,
+  ).catch((e) => {
+    // Without its control folder no swap can drain it: exit, and let systemd say why.
+    host.err(`lychd gate: the control folder ${folder} failed: ${(e as Error).message}\n`);
+    Deno.exit(EXIT.FAILED);
+  });
+  const hostname = config.gate.listen === "all" ? "0.0.0.0" : "127.0.0.1";
+  const front = Deno.serve({
+    hostname,
+    port: STANDARD_PORT,
+    onListen: () => host.err(`lychd gate: ${hostname}:${STANDARD_PORT} -> ${upstream}\n`),
+  }, (req, info) => {
+    const remote = (info.remoteAddr as Deno.NetAddr).hostname;
+    if (keys && !isLoopback(remote) && !authorized(req, keys)) {
+      return openAiError(401, "lychd: a valid API key is required (Authorization: Bearer KEY)");
+    }
+    if (new URL(req.url).pathname === GATE_METRICS_PATH) {
+      return new Response(gate.metrics(), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    }
+    return onDemand ? onDemand.handle(req, info.completed) : gate.handle(req, info.completed);
+  });
+
+  const stop = new Promise<string>((resolve) => {
+    for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, () => resolve(s));
+  });
+  const signal = await stop;
+  host.err(`lychd gate: ${signal}: letting ${gate.counts().inFlight} requests finish\n`);
+  stopping = true;
+  await Promise.all([front.shutdown(), control]);
+  return EXIT.OK;
+}
+
+async function activeEngine(host: Host, scope: string[], names: string[]): Promise<string | null> {
+  try {
+    const states = await showUnits(host, scope, names.map(soulstoneService), ["ActiveState"]);
+    return names.find((n) => states[soulstoneService(n)]?.ActiveState === "active") ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** The keys file: one key per line, owner-only (a key readable by others is no secret). */
+async function apiKeys(host: Host, config: LychdConfig): Promise<Set<string> | null> {
+  const file = config.gate.apiKeysFile;
+  if (config.gate.listen !== "all" && file === null) return null;
+  if (file === null) return null; // validateConfig requires it with listen: all
+  const mode = await host.fileMode(file);
+  if (mode === null) throw new LychdError(`gate.api_keys_file ${file} does not exist`);
+  if ((mode & 0o077) !== 0) {
+    throw new LychdError(
+      `gate.api_keys_file ${file} is readable by others (mode ${(mode & 0o777).toString(8)}): ` +
+        `chmod 600 ${file}`,
+    );
+  }
+  const text = new TextDecoder().decode((await host.readFile(file))!);
+  const keys = new Set(
+    text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#")),
+  );
+  if (keys.size === 0) throw new LychdError(`gate.api_keys_file ${file} holds no key`);
+  return keys;
+}
+
+function authorized(req: Request, keys: Set<string>): boolean {
+  const m = (req.headers.get("authorization") ?? "").match(/^Bearer\s+(\S+)$/i);
+  return m !== null && keys.has(m[1]);
+}
+
+function isLoopback(address: string): boolean {
+  return address === "::1" || address.startsWith("127.") || address === "::ffff:127.0.0.1";
+}
+
+/** On demand: the same swap as `lychd swap ENGINE`, run inside the gate (it drains the gate). */
+async function swapInProcess(host: Host, config: ConfigOptions, engine: string): Promise<boolean> {
+  const { swap } = await import("./swap.ts");
+  try {
+    const code = await swap(host, {
+      config,
+      engine,
+      timeoutSec: null,
+      wait: true,
+      rollback: true,
+      drain: true,
+      drainTimeoutSec: null,
+    });
+    return code === EXIT.OK;
+  } catch (e) {
+    host.err(`lychd gate: on-demand swap to ${engine} failed: ${(e as Error).message}\n`);
+    return false;
+  }
+}

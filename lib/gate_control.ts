@@ -1,0 +1,188 @@
+/**
+ * The gate's control channel: how `lychd swap` and `lychd status` talk to the running gate. A
+ * folder, the gate's runtime folder (/run/lychd, or $XDG_RUNTIME_DIR/lychd; mode 0700, created
+ * by systemd's RuntimeDirectory=): a client drops a request file into in/, the gate answers in
+ * out/, and gate.json says a gate runs. Only the user the gate runs as (root in system mode) can
+ * enter the folder; nothing listens on a port. Why not a unix socket: Deno grants a unix socket
+ * by its exact path only, and the user's runtime folder has the uid in it, while the binary's
+ * permissions are fixed when it is built (docs/gate.md).
+ *
+ *   GET  /status            -> GateStatus
+ *   POST /close {hold_ms}   -> hold new requests (a swap starts); in flight go on
+ *   POST /open {engine, swap?}   -> send to the engine (held requests first); record the swap
+ *   POST /recover {engine}  -> open to the engine once it serves (swap --no-wait)
+ *   POST /refuse {message, swap?} -> 503 to every held request: no engine will serve them
+ */
+import type { Gate, GateCounts, SwapRecord } from "./gate.ts";
+import { CONTROL_READY, type Host } from "./host.ts";
+import type { Locations } from "./paths.ts";
+
+export interface GateStatus {
+  open: boolean;
+  /** The engine requests go to (null while closed or not known). */
+  engine: string | null;
+  counts: GateCounts;
+  /** Held requests by the engine they wait for (on demand); "" = any. */
+  heldFor: Record<string, number>;
+  lastSwap: SwapRecord | null;
+  /** Swaps since the gate started. */
+  swaps: number;
+  /** When the gate started (ms since the epoch). */
+  since: number;
+}
+
+export function controlFolder(loc: Locations): string | null {
+  return loc.runtimeDir;
+}
+
+const TIMEOUT_MS = 5000;
+
+/** The client side, as swap and status use it; every call says null / false if no gate runs. */
+export class GateClient {
+  constructor(private host: Host, readonly folder: string) {}
+
+  async status(): Promise<GateStatus | null> {
+    const r = await this.host.control(this.folder, "GET", "/status", undefined, TIMEOUT_MS);
+    if ("error" in r || r.status !== 200) return null;
+    try {
+      return JSON.parse(r.body) as GateStatus;
+    } catch {
+      return null;
+    }
+  }
+
+  close(holdMs: number): Promise<boolean> {
+    return this.#post("/close", { hold_ms: holdMs });
+  }
+
+  open(engine: string, swap?: SwapRecord): Promise<boolean> {
+    return this.#post("/open", { engine, swap });
+  }
+
+  /** Open to `engine` as soon as it serves (swap --no-wait). */
+  recover(engine: string): Promise<boolean> {
+    return this.#post("/recover", { engine });
+  }
+
+  refuse(message: string, swap?: SwapRecord): Promise<boolean> {
+    return this.#post("/refuse", { message, swap });
+  }
+
+  async #post(path: string, body: unknown): Promise<boolean> {
+    const r = await this.host.control(this.folder, "POST", path, body, TIMEOUT_MS);
+    return !("error" in r) && r.status === 200;
+  }
+}
+
+/**
+ * The server side: one control request against `gate`, whose engines all answer at `upstream`.
+ * Pure over the gate (no I/O of its own), so it is tested without the folder.
+ */
+export async function controlRequest(
+  gate: Gate,
+  upstream: string,
+  since: number,
+  req: Request,
+): Promise<Response> {
+  const path = new URL(req.url).pathname;
+  const json = (data: unknown, status = 200) =>
+    new Response(JSON.stringify(data), {
+      status,
+      headers: { "content-type": "application/json" },
+    });
+  if (req.method === "GET" && path === "/status") return json(gateStatus(gate, since));
+  if (req.method !== "POST") return json({ error: `no ${req.method} ${path}` }, 404);
+  let body: Record<string, unknown>;
+  try {
+    body = await req.json();
+  } catch {
+    return json({ error: "expected a JSON body" }, 400);
+  }
+  const swap = body.swap as SwapRecord | undefined;
+  switch (path) {
+    case "/close": {
+      const hold = Number(body.hold_ms);
+      gate.close(Number.isFinite(hold) && hold > 0 ? hold : undefined, upstream);
+      return json(gateStatus(gate, since));
+    }
+    case "/open":
+      if (typeof body.engine !== "string") return json({ error: "open needs an engine" }, 400);
+      if (swap) gate.recordSwap(swap);
+      gate.open(upstream, body.engine);
+      return json(gateStatus(gate, since));
+    case "/recover":
+      gate.recover(upstream, typeof body.engine === "string" ? body.engine : null);
+      return json(gateStatus(gate, since));
+    case "/refuse":
+      if (swap) gate.recordSwap(swap);
+      gate.refuseHeld(String(body.message ?? "no engine serves"));
+      // Whatever comes up on the engine port later (a start by hand) is served.
+      gate.recover(upstream, null);
+      return json(gateStatus(gate, since));
+    default:
+      return json({ error: `no POST ${path}` }, 404);
+  }
+}
+
+export function gateStatus(gate: Gate, since: number): GateStatus {
+  const heldFor: Record<string, number> = {};
+  for (const h of gate.heldFor()) heldFor[h.wants ?? ""] = (heldFor[h.wants ?? ""] ?? 0) + 1;
+  return {
+    open: gate.isOpen(),
+    engine: gate.engine(),
+    counts: gate.counts(),
+    heldFor,
+    lastSwap: gate.lastSwap(),
+    swaps: gate.swapCount(),
+    since,
+  };
+}
+
+/**
+ * The gate's side: answer every request file in `folder`/in with `answer`, every few ms, until
+ * `stopped()`. The folder is made owner-only here too (when run by hand, not by systemd).
+ */
+export async function serveControl(
+  host: Host,
+  folder: string,
+  answer: (req: Request) => Promise<Response>,
+  stopped: () => boolean,
+): Promise<void> {
+  await host.mkdirp(`${folder}/in`, 0o700);
+  await host.mkdirp(`${folder}/out`, 0o700);
+  const enc = new TextEncoder();
+  await host.writeFileAtomic(
+    `${folder}/${CONTROL_READY}`,
+    enc.encode(JSON.stringify({ since: Date.now() })),
+    0o600,
+  );
+  while (!stopped()) {
+    for (const name of await host.listDir(`${folder}/in`)) {
+      if (!name.endsWith(".json") || name.startsWith(".")) continue;
+      const file = `${folder}/in/${name}`;
+      const bytes = await host.readFile(file);
+      await host.remove(file);
+      if (bytes === null) continue;
+      let result: { status: number; body: string };
+      try {
+        const r = JSON.parse(new TextDecoder().decode(bytes));
+        const res = await answer(
+          new Request(`http://lychd-gate${r.path}`, {
+            method: r.method,
+            ...(r.method === "POST" ? { body: JSON.stringify(r.body ?? {}) } : {}),
+          }),
+        );
+        result = { status: res.status, body: await res.text() };
+      } catch (e) {
+        result = { status: 400, body: JSON.stringify({ error: (e as Error).message }) };
+      }
+      await host.writeFileAtomic(
+        `${folder}/out/${name}`,
+        enc.encode(JSON.stringify(result)),
+        0o600,
+      );
+    }
+    await host.sleep(10);
+  }
+  await host.remove(`${folder}/${CONTROL_READY}`);
+}

@@ -1,0 +1,332 @@
+/**
+ * The gate's layout: with `gate:` on, the engines publish on the engine port, lychd-gate.service
+ * runs lychd (passing the real `systemd-analyze verify`, its ExecStart decoded word for word),
+ * and the harvester scrapes the engine on its own port and the gate on 8081; `gate: false`
+ * keeps today's layout. Bad gate settings are refused with the key. The control requests and
+ * on-demand scheduling are checked against a real Gate.
+ */
+import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import { execStartArgv } from "./support/systemd_exec.ts";
+import { requireTools } from "./support/tools.ts";
+import {
+  LYCHD_PROGRAM,
+  planFor,
+  quadlet,
+  systemdUnits,
+  systemdVerify,
+  unitFiles,
+  unitValues,
+} from "./support/units.ts";
+import { resolveConfig } from "../lib/config/load.ts";
+import { ConfigError } from "../lib/errors.ts";
+import { Gate } from "../lib/gate.ts";
+import { controlRequest } from "../lib/gate_control.ts";
+import { OnDemand } from "../lib/on_demand.ts";
+import { resolveEngines } from "../lib/units/model.ts";
+import { parse as parseYaml } from "yaml";
+import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
+import { init } from "../lib/commands/init.ts";
+import { swap, type SwapOptions } from "../lib/commands/swap.ts";
+
+const ignore = requireTools("quadlet", "systemdAnalyze", "podman");
+const ON = "gate: true\n";
+
+for (const mode of ["user", "system"] as const) {
+  Deno.test({
+    name: `gate units, ${mode} mode: engines on 18081, lychd-gate.service verifies, runs lychd`,
+    ignore,
+    async fn() {
+      const plan = planFor(ON, [], mode);
+      const q = await quadlet(unitFiles(plan), mode);
+      assertEquals(q.stderr, "");
+      for (const e of ["vllm", "sglang", "llama"]) {
+        const argv = execStartArgv(
+          unitValues(q.services[`soulstone-${e}.service`], "Service", "ExecStart")[0],
+        );
+        const publish = argv[argv.indexOf("--publish") + 1];
+        assertMatch(publish, /^127\.0\.0\.1:18081:\d+$/, e);
+      }
+      const gate = systemdUnits(plan)["lychd-gate.service"];
+      assert(gate, "no lychd-gate.service in the plan");
+      // systemd-analyze needs the program to exist: the one this test runs under.
+      const real = gate.replace(LYCHD_PROGRAM[0], Deno.execPath());
+      assertEquals(
+        await systemdVerify({ ...q.services, "lychd-gate.service": real }, mode),
+        "",
+        "systemd-analyze verify printed findings",
+      );
+      const config = mode === "system"
+        ? "/etc/lychd/lychd.yaml"
+        : "/home/ada/.config/lychd/lychd.yaml";
+      assertDeep(execStartArgv(unitValues(gate, "Service", "ExecStart")[0]), [
+        ...LYCHD_PROGRAM,
+        "gate",
+        ...(mode === "system" ? ["--system"] : []),
+        "--config",
+        config,
+      ]);
+      assertDeep(unitValues(gate, "Service", "Restart"), ["always"]);
+      assertDeep(unitValues(gate, "Install", "WantedBy"), [
+        mode === "system" ? "multi-user.target" : "default.target",
+      ]);
+      const prom = parseYaml(
+        plan.files.find((f) => f.path === "prometheus/prometheus.yml")!.content,
+      );
+      const targets = Object.fromEntries(
+        prom.scrape_configs.map((
+          j: { job_name: string; metrics_path: string; static_configs: { targets: string[] }[] },
+        ) => [
+          j.job_name,
+          `${j.static_configs[0].targets[0]}${j.metrics_path}`,
+        ]),
+      );
+      assertDeep(targets, {
+        soulstone: "127.0.0.1:18081/metrics",
+        "lychd-gate": "127.0.0.1:8081/lychd/metrics",
+      });
+    },
+  });
+}
+
+Deno.test("gate: false keeps today's layout: engines on 8081, no gate unit, no gate job", () => {
+  const plan = planFor("gate: false\n", [], "user");
+  assertDeep(Object.keys(systemdUnits(plan)), []);
+  assertMatch(unitFiles(plan)["soulstone-vllm.container"], /^PublishPort=127\.0\.0\.1:8081:8000$/m);
+  const prom = plan.files.find((f) => f.path === "prometheus/prometheus.yml")!.content;
+  assert(!prom.includes("lychd-gate"), prom);
+  assertMatch(prom, /targets: \["127\.0\.0\.1:8081"\]/);
+});
+
+Deno.test("gate config: bad settings are refused with their key, nothing rendered", () => {
+  const cases: [string, RegExp][] = [
+    ["gate: maybe\n", /gate: expected true, false or a mapping/],
+    ["gate: {engine_port: 9090}\n", /gate\.engine_port: .*9090 is taken by lychd itself/],
+    ["gate: {engine_port: 80}\n", /gate\.engine_port: .*privileged/],
+    ["gate: {listen: all}\n", /gate\.listen: .*needs API keys: set gate\.api_keys_file/],
+    ["gate: {listen: lan}\n", /gate\.listen: .*not loopback .* or all/],
+    [
+      'gate: {api_keys_file: "keys\\nExecStart=/bin/sh"}\n',
+      /gate\.api_keys_file: .*control character/,
+    ],
+    ["gate: {max_held: -1}\n", /gate\.max_held: .*not a number of requests/],
+    ["gate: {hold_timeout: forever}\n", /gate\.hold_timeout: .*not a duration/],
+    ["gate: {colour: red}\n", /gate\.colour: .*unknown key; expected one of: enabled, engine_port/],
+  ];
+  for (const [yaml, expected] of cases) {
+    try {
+      resolveConfig(yaml, "/home/ada/.config/lychd/lychd.yaml", []);
+      throw new Error(`accepted: ${yaml}`);
+    } catch (e) {
+      assert(e instanceof ConfigError, `${yaml}: ${e}`);
+      assertMatch(e.message, expected);
+    }
+  }
+  const ok = resolveConfig(
+    "gate: {listen: all, api_keys_file: /etc/lychd/api-keys, engine_port: 28081}\n",
+    "/etc/lychd/lychd.yaml",
+    [],
+  );
+  assertEquals(ok.config.gate.enginePort, 28081);
+  assertEquals(ok.config.gate.enabled, true);
+});
+
+Deno.test("gate control: close holds, open releases to the named engine, refuse answers 503", async () => {
+  const gate = new Gate("http://127.0.0.1:9", { holdTimeoutMs: 5000, maxHeld: 10 });
+  gate.open("http://127.0.0.1:9", "vllm");
+  const post = (path: string, body: unknown) =>
+    controlRequest(
+      gate,
+      "http://127.0.0.1:9",
+      0,
+      new Request(`http://gate${path}`, {
+        method: "POST",
+        body: JSON.stringify(body),
+      }),
+    ).then((r) => r.json());
+  const closed = await post("/close", { hold_ms: 2000 });
+  assertEquals(closed.open, false);
+  const held = gate.handle(new Request("http://127.0.0.1:8081/v1/models"));
+  await new Promise((r) => setTimeout(r, 10));
+  assertEquals(gate.counts().held, 1);
+  const refused = await post("/refuse", {
+    message: "the swap failed",
+    swap: { from: "vllm", to: "llama", result: "failed", phases: { drain: 0.1 }, at: 1 },
+  });
+  assertEquals(refused.lastSwap.result, "failed");
+  assertEquals(refused.swaps, 1);
+  const r = await held;
+  assertEquals(r.status, 503);
+  assertMatch((await r.json()).error.message, /the swap failed/);
+  assertMatch(gate.metrics(), /lychd_gate_swaps_total\{from="vllm",to="llama",result="failed"\} 1/);
+  assertMatch(gate.metrics(), /lychd_gate_refused_total\{reason="no_engine"\} 1/);
+  const opened = await post("/open", { engine: "llama" });
+  assertDeep([opened.open, opened.engine], [true, "llama"]);
+});
+
+Deno.test("on demand: a request for another model waits for its engine and triggers one swap; residency holds it back", async () => {
+  const { config } = resolveConfig(
+    "engines: [vllm, sglang]\ngate: {on_demand: true}\ncartridges: {sglang: {model: org/sglang}}\n",
+    "/x/lychd.yaml",
+    [],
+  );
+  const engines = resolveEngines(config);
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response("ok"),
+  );
+  const url = `http://127.0.0.1:${upstream.addr.port}`;
+  const gate = new Gate(url, { holdTimeoutMs: 5000, maxHeld: 10 });
+  gate.open(url, "vllm");
+  const swaps: string[] = [];
+  const od = new OnDemand(gate, engines, {
+    minResidencyMs: 300,
+    log: () => {},
+    swap: (engine) => {
+      swaps.push(engine);
+      gate.close();
+      gate.open(url, engine);
+      return Promise.resolve(true);
+    },
+  });
+  const ask = (model: string) =>
+    od.handle(
+      new Request("http://127.0.0.1:8081/v1/chat/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json", "content-length": "40" },
+        body: JSON.stringify({ model }).padEnd(40),
+      }),
+    );
+  try {
+    // For the active engine: straight through.
+    assertEquals(await (await ask("Qwen/Qwen2.5-7B-Instruct")).text(), "ok");
+    // vllm was just used: sglang's request waits out the residency (300 ms)...
+    const t0 = Date.now();
+    const waiting = ask(engines[1].model!);
+    await new Promise((r) => setTimeout(r, 100));
+    assertDeep(swaps, []);
+    assertEquals(gate.counts().held, 1);
+    // ...and then goes, with no further request needed to trigger the swap.
+    const r = await waiting;
+    assertEquals([r.status, await r.text()].join(" "), "200 ok");
+    assert(Date.now() - t0 >= 250, `swapped after ${Date.now() - t0} ms, before the residency`);
+    assertDeep(swaps, ["sglang"]);
+    const listed = await od.models().json();
+    assertDeep(listed.data.map((m: { engine: string; loaded: boolean }) => [m.engine, m.loaded]), [
+      ["vllm", false],
+      ["sglang", true],
+    ]);
+  } finally {
+    await upstream.shutdown();
+  }
+});
+
+/** Two CPU engines behind the gate under the fake systemd; `inFlight` scripts the drain. */
+async function behindGate(inFlight: number[], engines: Record<string, EngineScript>) {
+  const fs = new FakeSystemd(engines);
+  const code = await init(fs.host, {
+    config: {
+      system: false,
+      configPath: null,
+      overrides: [...engineOverrides(engines, "llama"), {
+        path: ["gate"],
+        value: true,
+        flag: "--gate",
+      }],
+    },
+    dryRun: false,
+    force: false,
+    reload: true,
+  });
+  assertEquals(code, 0, fs.host.stderr);
+  fs.enginePort = 18081;
+  fs.activate("soulstone-llama.service");
+  // A user manager's session: the gate's control folder is under XDG_RUNTIME_DIR.
+  (fs.host as unknown as { options: { env: unknown } }).options.env = {
+    HOME: "/home/ada",
+    XDG_RUNTIME_DIR: "/run/user/1000",
+  };
+  fs.host.stderr = "";
+  const polls = [...inFlight];
+  (fs.host as unknown as { options: { control: unknown } }).options.control = (
+    method: string,
+    path: string,
+  ) => {
+    if (method === "GET" && path === "/status") {
+      const n = polls.length > 1 ? polls.shift()! : polls[0] ?? 0;
+      return { status: 200, body: JSON.stringify({ open: true, counts: { inFlight: n } }) };
+    }
+    return { status: 200, body: "{}" };
+  };
+  return fs;
+}
+
+const swapOpts = (engine: string, extra: Partial<SwapOptions> = {}): SwapOptions => ({
+  config: { system: false, configPath: null, overrides: [] },
+  engine,
+  timeoutSec: null,
+  wait: true,
+  rollback: true,
+  drain: true,
+  drainTimeoutSec: null,
+  ...extra,
+});
+
+const CPU_ENGINES = (): Record<string, EngineScript> => ({
+  llama: { model: "org/llama-gguf:Q4", readyMs: 500, gpu: "cpu" },
+  vllm: { model: "org/vllm", readyMs: 800, gpu: "cpu" },
+});
+
+Deno.test("swap behind the gate: hold, drain with progress, then open to the new engine with the phases", async () => {
+  const fs = await behindGate([3, 3, 1, 0], CPU_ENGINES());
+  const code = await swap(fs.host, swapOpts("vllm"));
+  assertEquals(code, 0, fs.host.stderr);
+  assertMatch(
+    fs.host.stderr,
+    /llama: draining llama: 3 requests in flight|vllm: draining llama: 3 requests in flight/,
+  );
+  assertMatch(fs.host.stderr, /draining llama: 1 requests in flight/);
+  assert(fs.host.controls.every((c) => c.folder === "/run/user/1000/lychd"));
+  const calls = fs.host.controls.map((c) => `${c.method} ${c.path}`);
+  assertEquals(calls[0], "GET /status");
+  assertEquals(calls[1], "POST /close");
+  assertEquals(calls.at(-1), "POST /open");
+  // The drain ends before the old engine is stopped.
+  const open = fs.host.controls.at(-1)!.body as {
+    engine: string;
+    swap: { result: string; phases: Record<string, number> };
+  };
+  assertEquals(open.engine, "vllm");
+  assertEquals(open.swap.result, "ok");
+  assertDeep(Object.keys(open.swap.phases), ["drain", "stop", "start", "load", "warmup"]);
+  assert(open.swap.phases.drain >= 0.5, JSON.stringify(open.swap.phases));
+  // The readiness probe asked the engine on its own port, not the gate.
+  assert(fs.host.calls.every((c) => !c.includes("127.0.0.1:8081/")), fs.host.calls.join("\n"));
+});
+
+Deno.test("swap behind the gate: a failed swap opens the gate to the engine rolled back to; --no-drain skips the wait", async () => {
+  const engines = CPU_ENGINES();
+  engines.vllm = { ...engines.vllm, readyMs: null };
+  const fs = await behindGate([2], engines);
+  const code = await swap(fs.host, swapOpts("vllm", { timeoutSec: 2, drain: false }));
+  assertEquals(code, 5, fs.host.stderr);
+  assertMatch(
+    fs.host.stderr,
+    /not draining llama \(--no-drain\): its requests in flight are cut off/,
+  );
+  const open = fs.host.controls.at(-1)!;
+  assertEquals(open.path, "/open");
+  const body = open.body as { engine: string; swap: { to: string; result: string } };
+  assertDeep([body.engine, body.swap.to, body.swap.result], ["llama", "vllm", "rolled-back"]);
+});
+
+Deno.test("swap behind the gate: no gate running is said, and the swap goes on", async () => {
+  const fs = await behindGate([0], CPU_ENGINES());
+  (fs.host as unknown as { options: { control: unknown } }).options.control = () => ({
+    error: "refused",
+  });
+  assertEquals(await swap(fs.host, swapOpts("vllm")), 0, fs.host.stderr);
+  assertMatch(
+    fs.host.stderr,
+    /the gate does not run: requests on http:\/\/127\.0\.0\.1:8081 are not held/,
+  );
+});
