@@ -230,8 +230,10 @@ Deno.test("status: healthy, loading, nothing active; --json is stable", async ()
     "endpoint",
     "engines",
     "serving",
+    "gate",
     "watchers",
   ]);
+  assertEquals(r.gate, null); // gate: false
   assertEquals(r.active, "llama");
   assertEquals(r.healthy, true);
   assertDeep(r.serving, {
