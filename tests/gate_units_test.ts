@@ -26,6 +26,8 @@ import { resolveEngines } from "../lib/units/model.ts";
 import { parse as parseYaml } from "yaml";
 import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
 import { init } from "../lib/commands/init.ts";
+import { apiKeys, authorized, isLoopback } from "../lib/commands/gate.ts";
+import { FakeHost } from "./support/fake_host.ts";
 import { swap, type SwapOptions } from "../lib/commands/swap.ts";
 
 const ignore = requireTools("quadlet", "systemdAnalyze", "podman");
@@ -329,4 +331,33 @@ Deno.test("swap behind the gate: no gate running is said, and the swap goes on",
     fs.host.stderr,
     /the gate does not run: requests on http:\/\/127\.0\.0\.1:8081 are not held/,
   );
+});
+
+Deno.test("gate API keys: a 0600 file of keys, Bearer only, loopback trusted; a file others can read is refused", async () => {
+  const { config } = resolveConfig(
+    "gate: {listen: all, api_keys_file: /etc/lychd/api-keys}\n",
+    "/etc/lychd/lychd.yaml",
+    [],
+  );
+  const host = new FakeHost({ files: { "/etc/lychd/api-keys": "# agents\nkey-one\n\nkey-two\n" } });
+  host.files.get("/etc/lychd/api-keys")!.mode = 0o644;
+  const refused = await apiKeys(host, config).then(() => "", (e) => (e as Error).message);
+  assertMatch(
+    refused,
+    /api_keys_file \/etc\/lychd\/api-keys is readable by others \(mode 644\): chmod 600/,
+  );
+  host.files.get("/etc/lychd/api-keys")!.mode = 0o600;
+  const keys = (await apiKeys(host, config))!;
+  assertDeep([...keys], ["key-one", "key-two"]);
+  const req = (auth?: string) =>
+    new Request("http://gate/v1/models", auth ? { headers: { authorization: auth } } : {});
+  assert(authorized(req("Bearer key-two"), keys));
+  assert(!authorized(req("Bearer key-three"), keys));
+  assert(!authorized(req("key-one"), keys));
+  assert(!authorized(req(), keys));
+  assert(isLoopback("127.0.0.1") && isLoopback("::1"));
+  assert(!isLoopback("10.0.0.7") && !isLoopback("0.0.0.0"));
+  // Loopback only: no keys needed, none read.
+  const local = resolveConfig("gate: true\n", "/etc/lychd/lychd.yaml", []).config;
+  assertEquals(await apiKeys(host, local), null);
 });

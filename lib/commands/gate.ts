@@ -118,7 +118,7 @@ async function activeEngine(host: Host, scope: string[], names: string[]): Promi
 }
 
 /** The keys file: one key per line, owner-only (a key readable by others is no secret). */
-async function apiKeys(host: Host, config: LychdConfig): Promise<Set<string> | null> {
+export async function apiKeys(host: Host, config: LychdConfig): Promise<Set<string> | null> {
   const file = config.gate.apiKeysFile;
   if (config.gate.listen !== "all" && file === null) return null;
   if (file === null) return null; // validateConfig requires it with listen: all
@@ -138,12 +138,12 @@ async function apiKeys(host: Host, config: LychdConfig): Promise<Set<string> | n
   return keys;
 }
 
-function authorized(req: Request, keys: Set<string>): boolean {
+export function authorized(req: Request, keys: Set<string>): boolean {
   const m = (req.headers.get("authorization") ?? "").match(/^Bearer\s+(\S+)$/i);
   return m !== null && keys.has(m[1]);
 }
 
-function isLoopback(address: string): boolean {
+export function isLoopback(address: string): boolean {
   return address === "::1" || address.startsWith("127.") || address === "::ffff:127.0.0.1";
 }
 
