@@ -276,17 +276,15 @@ export class Gate {
       ? await req.arrayBuffer()
       : req.body;
     for (;;) {
+      const direct = this.#upstream !== null && (wants === null || wants === this.#engine);
       const t0 = performance.now();
-      const upstream = this.#upstream !== null && (wants === null || wants === this.#engine)
-        ? this.#upstream
-        : await this.#hold(wants);
+      const upstream = direct ? this.#upstream! : await this.#hold(wants);
       if (upstream instanceof Response) {
         this.#refused++;
         this.#count(this.#requests, `engine="",code="${upstream.status}"`);
         return upstream;
       }
-      const waited = (performance.now() - t0) / 1000;
-      if (waited > 0.001) this.#holdWait.observe(waited);
+      if (!direct) this.#holdWait.observe((performance.now() - t0) / 1000);
       const r = await this.#forward(req, body, upstream, completed);
       if (r !== "lost") return r;
       // The engine refused the connection: it never saw the request. Hold it and find out.

@@ -9,12 +9,17 @@
  * between two models swap within the bound the minimum residency sets (docs/gate.md).
  */
 import { EXIT } from "../lib/exit.ts";
+import type { Outcome } from "./e2e/load.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import {
   buildFakeEngineImage,
+  buildLlamaImage,
   buildPrometheusImage,
   DENO,
   e2eUnavailable,
+  LLAMA_DIR,
+  LLAMA_IMAGE,
+  llamaMissing,
   type Mode,
   modeOf,
   openTarget,
@@ -23,21 +28,9 @@ import {
   writeConfig,
 } from "./support/target.ts";
 
-const LLAMA_DIR = Deno.env.get("LLAMA_CPP_DIR") ?? `${ROOT}/../shared/engines/llama.cpp`;
-const LLAMA_IMAGE = "localhost/lychd-real-llama-server:1";
 /** The fake engines say which port answered; anything else is the real llama.cpp server. */
 const BY_PORT: Record<string, string> = { "port=8000": "vllm", "port=30000": "sglang" };
 const CLIENTS = 16;
-
-function llamaMissing(): boolean {
-  try {
-    Deno.statSync(`${LLAMA_DIR}/llama-server`);
-    return false;
-  } catch {
-    console.error(`\n!!! SKIPPING the gate e2e test: no llama.cpp build at ${LLAMA_DIR}\n`);
-    return true;
-  }
-}
 
 function config(fake: string, prometheus: string, model: string, gate: string): string {
   return `engines: [llama, vllm, sglang, broken]
@@ -68,17 +61,6 @@ cartridges:
     start_timeout: 6s
     args: [--port, "9000", --fake-never-ready]
 `;
-}
-
-interface Outcome {
-  client: number;
-  stream: boolean;
-  model: string | null;
-  start: number;
-  end: number;
-  ok: boolean;
-  status: number;
-  by: string;
 }
 
 /** The load generator, started in the target and left running until stop() is called. */
@@ -167,8 +149,7 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
   const guest = target.run;
   const lychd = (...args: string[]) => target.lychd(...args);
   try {
-    const server = await Deno.realPath(`${LLAMA_DIR}/llama-server`);
-    await target.image(LLAMA_IMAGE, { exe: server, changes: [`ENTRYPOINT ["${server}"]`] });
+    await buildLlamaImage(target);
     const fake = await buildFakeEngineImage(target);
     const prometheus = await buildPrometheusImage(target);
     assertEquals((await guest(["mkdir", "-p", modelDir])).code, 0);

@@ -1,6 +1,6 @@
 /**
- * End to end with a REAL llama.cpp server (llama-server and a tiny GGUF, ../shared/engines/
- * llama.cpp/ beside the checkout) under real systemd, Quadlet and Podman (tests/support/target.ts),
+ * End to end with a REAL llama.cpp server (llama-server and a tiny GGUF: LLAMA_DIR in
+ * tests/support/target.ts) under real systemd, Quadlet and Podman (tests/support/target.ts),
  * in system mode and in user mode (rootless: the image in the user's storage, the model under
  * the user's home). What an operator hit:
  *   - init starts the harvester (its image is here) and reports the scribe (its image is not);
@@ -14,29 +14,18 @@ import { EXIT } from "../lib/exit.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import {
   buildFakeEngineImage,
+  buildLlamaImage,
   buildPrometheusImage,
   e2eUnavailable,
+  LLAMA_DIR,
+  LLAMA_IMAGE,
+  llamaMissing,
   type Mode,
   modeOf,
   openTarget,
-  ROOT,
   type Target,
   writeConfig,
 } from "./support/target.ts";
-
-/** A llama.cpp build (llama-server and tiny.gguf): LLAMA_CPP_DIR, or the one beside the checkout. */
-const LLAMA_DIR = Deno.env.get("LLAMA_CPP_DIR") ?? `${ROOT}/../shared/engines/llama.cpp`;
-const LLAMA_IMAGE = "localhost/lychd-real-llama-server:1";
-
-function llamaMissing(): boolean {
-  try {
-    Deno.statSync(`${LLAMA_DIR}/llama-server`);
-    return false;
-  } catch {
-    console.error(`\n!!! SKIPPING the real llama.cpp e2e test: ${LLAMA_DIR} not found\n`);
-    return true;
-  }
-}
 
 function config(fake: string, prometheus: string, modelDir: string, model: string): string {
   return `engines: [llama, vllm, crashy]
@@ -112,8 +101,7 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
   const lychd = (...args: string[]) => target.lychd(...args);
   const activeIs = (engine: string) => assertActive(target, engine);
   try {
-    const server = await Deno.realPath(`${LLAMA_DIR}/llama-server`);
-    await target.image(LLAMA_IMAGE, { exe: server, changes: [`ENTRYPOINT ["${server}"]`] });
+    await buildLlamaImage(target);
     const fake = await buildFakeEngineImage(target);
     const prometheus = await buildPrometheusImage(target);
     assertEquals((await guest(["mkdir", "-p", modelDir])).code, 0);

@@ -28,7 +28,7 @@ import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_
 import { init } from "../lib/commands/init.ts";
 import { apiKeys, authorized, isLoopback } from "../lib/commands/gate.ts";
 import { FakeHost } from "./support/fake_host.ts";
-import { swap, type SwapOptions } from "../lib/commands/swap.ts";
+import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
 
 const ignore = requireTools("quadlet", "systemdAnalyze", "podman");
 const ON = "gate: true\n";
@@ -263,13 +263,7 @@ async function behindGate(inFlight: number[], engines: Record<string, EngineScri
 }
 
 const swapOpts = (engine: string, extra: Partial<SwapOptions> = {}): SwapOptions => ({
-  config: { system: false, configPath: null, overrides: [] },
-  engine,
-  timeoutSec: null,
-  wait: true,
-  rollback: true,
-  drain: true,
-  drainTimeoutSec: null,
+  ...swapDefaults({ system: false, configPath: null, overrides: [] }, engine),
   ...extra,
 });
 

@@ -6,7 +6,7 @@
  * stranger -> no start, the swap fails naming it and rolls back; nvidia-smi missing or failing
  * -> the swap goes on and says the memory was not checked.
  */
-import { swap, type SwapOptions } from "../lib/commands/swap.ts";
+import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
 import { GPU_WAIT_MS, parseComputeApps } from "../lib/gpu.ts";
 import type { RunResult } from "../lib/host.ts";
 import { EXIT } from "../lib/exit.ts";
@@ -24,15 +24,7 @@ const HELD = RAW.slice(RAW.lastIndexOf("pid, process_name"), RAW.lastIndexOf("Mi
 const QUERY = "nvidia-smi --query-compute-apps=pid,process_name,used_gpu_memory --format=csv";
 
 const setup = { system: false, configPath: null, overrides: [] };
-const opts = (engine: string): SwapOptions => ({
-  config: setup,
-  engine,
-  timeoutSec: null,
-  wait: true,
-  rollback: true,
-  drain: true,
-  drainTimeoutSec: null,
-});
+const opts = (engine: string): SwapOptions => swapDefaults(setup, engine);
 const ENGINES = (): Record<string, EngineScript> => ({
   llama: { model: "org/llama-gguf:Q4", readyMs: 500 },
   vllm: { model: "Qwen/Qwen2.5-7B-Instruct", readyMs: 1000 },

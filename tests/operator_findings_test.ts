@@ -5,7 +5,7 @@
  */
 import { init } from "../lib/commands/init.ts";
 import { status } from "../lib/commands/status.ts";
-import { swap, type SwapOptions } from "../lib/commands/swap.ts";
+import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
 import type { Override } from "../lib/config/yaml.ts";
 import { LychdError } from "../lib/errors.ts";
 import { EXIT } from "../lib/exit.ts";
@@ -35,16 +35,7 @@ const overridesFor = engineOverrides;
 const installed = installedSystemd;
 
 function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
-  return {
-    config: setup,
-    engine,
-    timeoutSec: null,
-    wait: true,
-    rollback: true,
-    drain: true,
-    drainTimeoutSec: null,
-    ...extra,
-  };
+  return { ...swapDefaults(setup, engine), ...extra };
 }
 
 Deno.test("12: an engine that crashes at start is a failed swap within seconds, not after the start timeout", async () => {

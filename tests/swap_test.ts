@@ -6,7 +6,7 @@
 import { status } from "../lib/commands/status.ts";
 import { stop } from "../lib/commands/stop.ts";
 import { logs } from "../lib/commands/logs.ts";
-import { swap, type SwapOptions } from "../lib/commands/swap.ts";
+import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
 import type { Override } from "../lib/config/yaml.ts";
 import { LychdError } from "../lib/errors.ts";
 import { EXIT } from "../lib/exit.ts";
@@ -21,16 +21,7 @@ const installed = (engines: Record<string, EngineScript>, active: string | null)
   installedSystemd(engines, active);
 
 function opts(engine: string, extra: Partial<SwapOptions> = {}): SwapOptions {
-  return {
-    config: setup,
-    engine,
-    timeoutSec: null,
-    wait: true,
-    rollback: true,
-    drain: true,
-    drainTimeoutSec: null,
-    ...extra,
-  };
+  return { ...swapDefaults(setup, engine), ...extra };
 }
 
 // llama and vllm on the CPU: a swap to them is one `systemctl start`, and systemd's

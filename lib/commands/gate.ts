@@ -119,9 +119,9 @@ async function activeEngine(host: Host, scope: string[], names: string[]): Promi
 
 /** The keys file: one key per line, owner-only (a key readable by others is no secret). */
 export async function apiKeys(host: Host, config: LychdConfig): Promise<Set<string> | null> {
+  // validateConfig requires a file with listen: all; on loopback alone there may be none.
   const file = config.gate.apiKeysFile;
-  if (config.gate.listen !== "all" && file === null) return null;
-  if (file === null) return null; // validateConfig requires it with listen: all
+  if (file === null) return null;
   const mode = await host.fileMode(file);
   if (mode === null) throw new LychdError(`gate.api_keys_file ${file} does not exist`);
   if ((mode & 0o077) !== 0) {
@@ -149,18 +149,9 @@ export function isLoopback(address: string): boolean {
 
 /** On demand: the same swap as `lychd swap ENGINE`, run inside the gate (it drains the gate). */
 async function swapInProcess(host: Host, config: ConfigOptions, engine: string): Promise<boolean> {
-  const { swap } = await import("./swap.ts");
+  const { swap, swapDefaults } = await import("./swap.ts");
   try {
-    const code = await swap(host, {
-      config,
-      engine,
-      timeoutSec: null,
-      wait: true,
-      rollback: true,
-      drain: true,
-      drainTimeoutSec: null,
-    });
-    return code === EXIT.OK;
+    return (await swap(host, swapDefaults(config, engine))) === EXIT.OK;
   } catch (e) {
     host.err(`lychd gate: on-demand swap to ${engine} failed: ${(e as Error).message}\n`);
     return false;

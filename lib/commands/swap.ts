@@ -44,6 +44,19 @@ export interface SwapOptions {
   drainTimeoutSec: number | null;
 }
 
+/** `lychd swap ENGINE` without flags (on demand runs exactly this). */
+export function swapDefaults(config: ConfigOptions, engine: string): SwapOptions {
+  return {
+    config,
+    engine,
+    timeoutSec: null,
+    wait: true,
+    rollback: true,
+    drain: true,
+    drainTimeoutSec: null,
+  };
+}
+
 const POLL_MS = 25;
 const UNIT_CHECK_MS = 1000;
 const RUNNING = ["active", "activating", "reloading"];

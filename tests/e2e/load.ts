@@ -14,7 +14,7 @@ const CLIENTS = Number(clientsArg);
 const URL = "http://127.0.0.1:8081/v1/chat/completions";
 const PROMPT = "Tell me about the gate of the vessel. ".repeat(12);
 
-interface Outcome {
+export interface Outcome {
   client: number;
   stream: boolean;
   model: string | null;

@@ -351,6 +351,27 @@ export function buildFakeEngineImage(
   });
 }
 
+/** A llama.cpp build (llama-server and tiny.gguf): LLAMA_CPP_DIR, or the one beside the checkout. */
+export const LLAMA_DIR = Deno.env.get("LLAMA_CPP_DIR") ?? `${ROOT}/../shared/engines/llama.cpp`;
+export const LLAMA_IMAGE = "localhost/lychd-real-llama-server:1";
+
+/** `ignore` for a test of the real llama.cpp server: true (said loudly) if there is no build. */
+export function llamaMissing(): boolean {
+  try {
+    Deno.statSync(`${LLAMA_DIR}/llama-server`);
+    return false;
+  } catch {
+    console.error(`\n!!! SKIPPING the real llama.cpp e2e tests: ${LLAMA_DIR} not found\n`);
+    return true;
+  }
+}
+
+/** The real llama-server as an image, in the operator's storage. */
+export async function buildLlamaImage(target: Target): Promise<string> {
+  const server = await Deno.realPath(`${LLAMA_DIR}/llama-server`);
+  return await target.image(LLAMA_IMAGE, { exe: server, changes: [`ENTRYPOINT ["${server}"]`] });
+}
+
 /** A Prometheus image from this machine's own binary, to run the harvester unit. */
 export function buildPrometheusImage(target: Target): Promise<string> {
   return target.image("localhost/lychd-prometheus:1", {
