@@ -57,6 +57,12 @@ const HOP_BY_HOP = [
   "upgrade",
 ];
 
+/**
+ * How often a request that got no answer at all is sent (a completion has no side effect to
+ * repeat; a bound keeps an engine that drops every connection from looping it forever).
+ */
+const MAX_ATTEMPTS = 3;
+
 /** Request bodies up to this size are read before forwarding, so they can be sent again. */
 export const REPLAYABLE_BYTES = 1 << 20;
 
@@ -275,7 +281,7 @@ export class Gate {
       : length <= REPLAYABLE_BYTES
       ? await req.arrayBuffer()
       : req.body;
-    for (;;) {
+    for (let attempt = 1;; attempt++) {
       const direct = this.#upstream !== null && (wants === null || wants === this.#engine);
       const t0 = performance.now();
       const upstream = direct ? this.#upstream! : await this.#hold(wants);
@@ -285,9 +291,10 @@ export class Gate {
         return upstream;
       }
       if (!direct) this.#holdWait.observe((performance.now() - t0) / 1000);
-      const r = await this.#forward(req, body, upstream, completed);
+      const r = await this.#forward(req, body, upstream, completed, attempt < MAX_ATTEMPTS);
       if (r !== "lost") return r;
-      // The engine refused the connection: it never saw the request. Hold it and find out.
+      // No answer at all: the engine is gone, or the connection was one kept alive to an engine
+      // that has since been swapped out. Hold the request and send it again once one serves.
       this.recover(upstream, this.#engine);
     }
   }
@@ -351,7 +358,8 @@ export class Gate {
     req: Request,
     body: BodyInit | null,
     upstream: string,
-    completed?: Promise<void>,
+    completed: Promise<void> | undefined,
+    mayRetry: boolean,
   ): Promise<Response | "lost"> {
     const url = new URL(req.url);
     const engine = this.#engine ?? "";
@@ -380,7 +388,7 @@ export class Gate {
       if (this.#inFlight === 0) { for (const f of this.#idle.splice(0)) f(); }
       if (req.signal.aborted) return new Response(null, { status: 499 });
       const replayable = !(body instanceof ReadableStream);
-      if (this.options.serving && replayable && refused(e)) return "lost";
+      if (this.options.serving && replayable && mayRetry) return "lost";
       this.#refused++;
       this.#count(this.#refusals, "engine_error");
       this.#count(this.#requests, `engine="${engine}",code="502"`);
@@ -447,10 +455,4 @@ export class Gate {
     }
     return lines.join("\n") + "\n";
   }
-}
-
-/** The engine refused the connection (or it was reset before any answer): it is not there. */
-function refused(e: unknown): boolean {
-  const text = `${(e as Error)?.message ?? ""} ${(e as { cause?: Error })?.cause?.message ?? ""}`;
-  return /refused|ECONNREFUSED|os error 111|connection reset|os error 104/i.test(text);
 }
