@@ -172,6 +172,9 @@ Deno.test({
       serve("llama");
       await waitFor(prom, 'count_over_time(lychd:engine_serving{lychd_engine="llama"}[1m]) >= 3');
       await waitFor(prom, 'absent(lychd:engine_serving{lychd_engine="vllm"})');
+      // A rate needs two of llama's samples and a rule evaluation after them: wait for it too,
+      // or a slow host ends the range before llama's first token rate (seen in CI).
+      await waitFor(prom, 'lychd:generation_tokens:rate1m{lychd_engine="llama"}');
       const end = Date.now() / 1000;
 
       const serving = await prom.queryRange("lychd:engine_serving", t0 - 1, end, 1);
