@@ -1,7 +1,7 @@
 /** lychd.yaml and flags: every class of bad input gets a specific, located message. */
 import { resolveConfig } from "../lib/config/load.ts";
 import { imageProblem, parseDuration } from "../lib/config/validate.ts";
-import type { Override } from "../lib/config/yaml.ts";
+import { type Override, updateConfigText } from "../lib/config/yaml.ts";
 import { ConfigError } from "../lib/errors.ts";
 import { locations } from "../lib/paths.ts";
 import { engineUnits } from "../lib/units/model.ts";
@@ -304,4 +304,12 @@ Deno.test("config: bad input through the CLI changes no file, byte for byte", as
   } finally {
     await sb.cleanup();
   }
+});
+
+Deno.test("config: the last override of a key wins in the file too, even when it repeats the file", () => {
+  const gate = (value: boolean): Override => ({ path: ["gate"], value, flag: "--gate" });
+  assertEquals(updateConfigText("gate: true\n", [gate(false), gate(true)]), "gate: true\n");
+  assertMatch(updateConfigText("gate: true\n", [gate(true), gate(false)]), /^gate: false$/m);
+  const text = updateConfigText(null, [gate(false), gate(true)]);
+  assertEquals(resolveConfig(text, "/x/lychd.yaml", []).config.gate.enabled, true);
 });

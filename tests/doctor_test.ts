@@ -53,7 +53,9 @@ Deno.test("doctor: a good host passes every check", async () => {
   fs.host.links.set("/dev/char/195:255", "../nvidiactl");
   fs.host.links.set("/dev/char/195:0", "../nvidia0");
   fs.host.links.set("/dev/char/238:0", "../nvidia-uvm");
+  // The default layout: the gate on 8081, the engine behind it on 18081.
   fs.host.openPorts.add(8081);
+  fs.host.openPorts.add(18081);
   await init(fs.host, {
     config: { ...setup, overrides: [{ path: ["engines"], value: ["llama", "vllm"], flag: "x" }] },
     dryRun: false,
@@ -61,6 +63,7 @@ Deno.test("doctor: a good host passes every check", async () => {
     reload: true,
   });
   fs.activate("soulstone-llama.service");
+  fs.activate("lychd-gate.service");
   fs.host.stdout = "";
   assertEquals(await doctor(fs.host, { config: setup }), 0, fs.host.stdout);
   const out = fs.host.stdout;
@@ -69,9 +72,10 @@ Deno.test("doctor: a good host passes every check", async () => {
   assertMatch(out, /^PASS {2}systemd: systemd 252/m);
   assertMatch(out, /^PASS {2}NVIDIA CDI spec: \/etc\/cdi\/nvidia\.yaml$/m);
   assertMatch(out, /^PASS {2}nvidia-smi: GPU 0: NVIDIA H200$/m);
-  assertMatch(out, /^PASS {2}port 8081: held by lychd's soulstone-llama\.service$/m);
+  assertMatch(out, /^PASS {2}port 8081: held by lychd's lychd-gate\.service$/m);
+  assertMatch(out, /^PASS {2}port 18081: held by lychd's soulstone-llama\.service$/m);
   assertMatch(out, /^PASS {2}port 9090: free$/m);
-  assertMatch(out, /^PASS {2}lychd's files: 11 present and unmodified$/m);
+  assertMatch(out, /^PASS {2}lychd's files: 12 present and unmodified$/m);
   assertMatch(
     out,
     /^PASS {2}CDI spec and driver: \/etc\/cdi\/nvidia\.yaml matches driver 580\.159\.04$/m,
@@ -85,6 +89,33 @@ Deno.test("doctor: a good host passes every check", async () => {
     /^PASS {2}disk space for the model cache: \/home\/ada\/\.cache\/huggingface: its filesystem is 41% full$/m,
   );
   assertMatch(out, /0 failed\.$/m);
+});
+
+Deno.test("doctor: without the gate (gate: false), port 8081 is the active engine's", async () => {
+  const { fs } = host({
+    "podman --version": { code: 0, stdout: "podman version 5.4.2\n", stderr: "" },
+    df: df(41),
+  }, { "/usr/libexec/podman/quadlet": "" });
+  fs.host.openPorts.add(8081);
+  const config = {
+    ...setup,
+    overrides: [{ path: ["engines"], value: ["llama"], flag: "x" }, {
+      path: ["gate"],
+      value: false,
+      flag: "x",
+    }],
+  };
+  assertEquals(await init(fs.host, { config, dryRun: false, force: false, reload: true }), 0);
+  fs.activate("soulstone-llama.service");
+  fs.host.stdout = "";
+  await doctor(fs.host, { config: setup });
+  assertMatch(fs.host.stdout, /^PASS {2}port 8081: held by lychd's soulstone-llama\.service$/m);
+  assert(!fs.host.stdout.includes("port 18081"), fs.host.stdout);
+  // No unit of lychd's active: whatever holds 8081 is something else.
+  fs.units.clear();
+  fs.host.stdout = "";
+  await doctor(fs.host, { config: setup });
+  assertMatch(fs.host.stdout, /^FAIL {2}port 8081: in use by something that is not lychd's$/m);
 });
 
 Deno.test("doctor: the GPU host's traps: a CDI spec older than the driver, no /dev/char links, a full disk", async () => {

@@ -38,7 +38,8 @@ cartridges:
   llama:
     image: ${LLAMA_IMAGE}
     model: ${modelDir}/${model}
-    args: [--ctx-size, "2048", --threads, "2"]
+    # The model's whole context: a long generation lasts (tens of seconds), for the drain.
+    args: [--ctx-size, "32768", --threads, "2"]
   vllm:
     image: ${fake}
     model: org/vllm-model
@@ -208,28 +209,39 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
     );
 
     await t.step(
-      "swap away from llama.cpp during a generation: its short stop timeout, not 30 s",
+      "swap away from llama.cpp during a generation: the drain waits (bounded), then its short " +
+        "stop timeout, not 30 s",
       async () => {
-        // A long streaming generation (the tiny model never ends by itself) in the background.
+        // A long streaming generation (up to the 32768-token context) in the background.
         const stream = guest([
           "sh",
           "-c",
           `curl -sS -N --max-time 60 -H 'content-type: application/json' ` +
-          `-d '{"prompt":"once upon a time","max_tokens":20000,"stream":true}' ` +
+          `-d '{"prompt":"once upon a time","max_tokens":30000,"stream":true}' ` +
           "http://127.0.0.1:8081/v1/completions > /tmp/lychd-stream.txt; echo curl=$?",
         ]);
-        for (let i = 0; i < 100; i++) {
+        let started = false;
+        for (let i = 0; i < 100 && !started; i++) {
           const seen = await guest([
             "sh",
             "-c",
             "wc -c < /tmp/lychd-stream.txt 2>/dev/null || echo 0",
           ]);
-          if (Number(seen.stdout.trim()) > 200) break;
-          await new Promise((r) => setTimeout(r, 100));
+          started = Number(seen.stdout.trim()) > 200;
+          if (!started) await new Promise((r) => setTimeout(r, 100));
         }
-        const r = await lychd("swap", ...flags, "vllm");
+        const head = async () =>
+          (await guest(["sh", "-c", "head -c 600 /tmp/lychd-stream.txt"])).stdout;
+        assert(started, `the generation did not start: ${await head()}`);
+        // Behind the gate the swap first waits for the generation (the drain), here for 3 s.
+        const r = await lychd("swap", ...flags, "vllm", "--drain-timeout", "3s");
         assertEquals(r.code, EXIT.OK, r.stdout + r.stderr);
         console.log(`  swap during generation: ${r.stdout.trim()}`);
+        assertMatch(r.stderr, /draining llama: 1 requests in flight/, await head());
+        assertMatch(
+          r.stderr,
+          /drain timeout \(3\.0 s\): stopping llama with 1 requests still in flight/,
+        );
         const stopped = Number(r.stdout.match(/old engine stopped ([0-9.]+) s/)?.[1]);
         assert(Number.isFinite(stopped), r.stdout);
         assert(stopped < 10, `llama.cpp's stop took ${stopped} s`);

@@ -6,6 +6,10 @@
  * soulstone is active, port 8081 answers from the right engine, the old container is gone and
  * only the active engine is wanted at boot. A swap to an engine that never becomes ready rolls
  * back; an interrupted swap releases the lock; stop, and (user mode) uninstall.
+ *
+ * In the default layout, the gate (lychd-gate.service on 8081, the engines behind it on 18081);
+ * LYCHD_E2E_LAYOUT=direct runs the same steps with `gate: false`, the engines on 8081 (.ci/run
+ * does, in its host-mode runs).
  */
 import { EXIT } from "../lib/exit.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
@@ -31,6 +35,10 @@ const PORTS: Record<string, number> = {
 };
 const TRICKY = `100% of $HOME and \${USER}, %h %n, 'single' "double" back\\slash`;
 
+const GATED = (Deno.env.get("LYCHD_E2E_LAYOUT") ?? "gate") !== "direct";
+/** Where the harvester finds the engine: behind the gate on its own port, else on 8081. */
+const ENGINE_PORT = GATED ? 18081 : 8081;
+
 /** An image that is not built until the test says so: swaps to it must fail fast, then work. */
 const LATE_IMAGE = "localhost/lychd-fake-engine-late:1";
 
@@ -38,6 +46,7 @@ function config(image: string, prometheus: string): string {
   return `engines: [llama, sglang, vllm, broken, late, coldfail]
 active: llama
 gpu: cpu
+gate: ${GATED}
 harvester:
   image: ${prometheus}
   scrape_interval: 1s
@@ -104,12 +113,22 @@ async function assertServing(target: Target, engine: string) {
   assertEquals(report.active, engine);
   assertEquals(report.boot, engine);
   assertEquals(report.healthy, true);
+  if (GATED) {
+    // Open to the engine that serves, nothing held.
+    const g = report.gate;
+    assertDeep(
+      [g?.running, g?.open, g?.engine, g?.held],
+      [true, true, engine, 0],
+      JSON.stringify(g),
+    );
+  } else assertEquals(report.gate, null);
 }
 
 for (const mode of ["system", "user"] as Mode[]) {
   Deno.test({
-    name: `e2e (real systemd, Quadlet, Podman), ${mode} mode: init, swaps, kill on a stuck stop, ` +
-      "rollback, interrupted swap, stop",
+    name:
+      `e2e (real systemd, Quadlet, Podman), ${mode} mode, ${GATED ? "the gate" : "gate: false"}: ` +
+      "init, swaps, kill on a stuck stop, rollback, interrupted swap, stop",
     ignore: e2eUnavailable(mode),
     sanitizeResources: false,
     sanitizeOps: false,
@@ -218,7 +237,7 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
     });
 
     await t.step(
-      "the harvester unit (a real Prometheus) scrapes whichever engine holds port 8081",
+      `the harvester unit (a real Prometheus) scrapes whichever engine holds port ${ENGINE_PORT}`,
       async () => {
         const start = await guest(["systemctl", ...scope, "start", "harvester.service"]);
         assertEquals(start.code, 0, start.stderr);
@@ -248,8 +267,12 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
           st.watchers.find((w: { name: string }) => w.name === "harvester").healthy,
           true,
         );
-        const up = await query('up{job="soulstone",instance="127.0.0.1:8081"} == 1');
-        assertEquals(up.length, 1, "127.0.0.1:8081 is not scraped");
+        const up = await query(`up{job="soulstone",instance="127.0.0.1:${ENGINE_PORT}"} == 1`);
+        assertEquals(up.length, 1, `127.0.0.1:${ENGINE_PORT} is not scraped`);
+        if (GATED) {
+          const gate = await query('up{job="lychd-gate",instance="127.0.0.1:8081"} == 1');
+          assertEquals(gate.length, 1, "the gate's /lychd/metrics is not scraped");
+        }
         const s = await lychd("swap", ...flags, "sglang");
         assertEquals(s.code, 0, s.stderr);
         assert(await servingIs("sglang"), "after the swap the harvester did not see sglang");
@@ -406,7 +429,7 @@ async function swaps(t: Deno.TestContext, mode: Mode) {
       assertEquals(start.code, 0, start.stderr);
       const all = await lychd("stop", ...flags, "--all");
       assertEquals(all.code, 0, all.stdout + all.stderr);
-      for (const unit of ["harvester.service", "scribe.service"]) {
+      for (const unit of ["harvester.service", "scribe.service", "lychd-gate.service"]) {
         const r = await guest(["systemctl", ...scope, "is-active", unit]);
         assertEquals(r.stdout.trim(), "inactive", unit);
       }

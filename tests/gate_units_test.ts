@@ -99,6 +99,29 @@ Deno.test("gate: false keeps today's layout: engines on 8081, no gate unit, no g
   assertMatch(prom, /targets: \["127\.0\.0\.1:8081"\]/);
 });
 
+Deno.test("the gate is the default layout; its unit changes only with what the gate keeps", () => {
+  const gateUnit = (yaml: string | null) =>
+    systemdUnits(planFor(yaml, [], "user"))["lychd-gate.service"];
+  const bare = gateUnit(null);
+  assertMatch(bare, /^ExecStart=\/usr\/local\/bin\/lychd gate --config /m);
+  // The defaults written out (what init records in lychd.yaml) are the same settings.
+  assertEquals(
+    gateUnit(`engines: [vllm, sglang, llama]
+active: llama
+cartridges:
+  vllm: {model: Qwen/Qwen2.5-7B-Instruct}
+gate: {engine_port: 18081}
+`),
+    bare,
+  );
+  // What the gate does not keep: no restart (a restart cuts the requests in flight).
+  assertEquals(gateUnit("harvester: {retention: 3d}\n"), bare);
+  // What it keeps: an engine's model (on demand, readiness), its start timeout (the hold).
+  assert(gateUnit("cartridges: {vllm: {model: org/other}}\n") !== bare);
+  assert(gateUnit("cartridges: {vllm: {start_timeout: 5m}}\n") !== bare);
+  assert(gateUnit("gate: {max_held: 8}\n") !== bare);
+});
+
 Deno.test("gate config: bad settings are refused with their key, nothing rendered", () => {
   const cases: [string, RegExp][] = [
     ["gate: maybe\n", /gate: expected true, false or a mapping/],
@@ -229,11 +252,7 @@ async function behindGate(inFlight: number[], engines: Record<string, EngineScri
     config: {
       system: false,
       configPath: null,
-      overrides: [...engineOverrides(engines, "llama"), {
-        path: ["gate"],
-        value: true,
-        flag: "--gate",
-      }],
+      overrides: engineOverrides(engines, "llama", true),
     },
     dryRun: false,
     force: false,

@@ -36,6 +36,8 @@ Deno.test("init writes every file, reloads systemd once, and a re-run changes no
         "grafana-admin-password",
       ]
     ) assert(`${DATA}/${f}` in tree, `${f} missing`);
+    // The gate, lychd itself on 8081: a plain user unit next to the Quadlet ones.
+    assertMatch(tree[".config/systemd/user/lychd-gate.service"], /^ExecStart=.* gate --config /m);
     assertMatch(tree[CONFIG], /engines:\n {2}- vllm\n {2}- sglang\n {2}- llama/);
     assertDeep(await sb.calls(), [
       "podman secret inspect lychd-grafana-admin",
@@ -48,12 +50,21 @@ Deno.test("init writes every file, reloads systemd once, and a re-run changes no
       "systemctl --user start harvester.service",
       "podman image exists docker.io/grafana/grafana:12.2.0",
       "systemctl --user start scribe.service",
+      "systemctl --user show --timestamp=us+utc -p Id,ActiveState,UnitFileState lychd-gate.service",
+      "systemctl --user enable lychd-gate.service",
+      "systemctl --user start lychd-gate.service",
+      // Nothing listens on 8081 (this systemctl starts nothing): init asks systemd why.
+      "systemctl --user show --timestamp=us+utc -p Id,ActiveState,SubState lychd-gate.service",
     ]);
+    assertMatch(
+      first.stderr,
+      /lychd-gate\.service was started, but nothing answers on http:\/\/127\.0\.0\.1:8081 \(it is unknown\)/,
+    );
     assertMatch(first.stdout, /Next: lychd pull, then lychd swap vllm/);
 
     const second = await sb.run(["init"]);
     assertEquals(second.code, 0, second.stderr);
-    assertMatch(second.stdout, /0 created, 0 updated, 14 unchanged/);
+    assertMatch(second.stdout, /0 created, 0 updated, 15 unchanged/);
     assertMatch(second.stdout, /Nothing changed, so systemd was not reloaded/);
     assertDeep(await sb.tree(), tree);
     const calls = await sb.calls();
@@ -106,7 +117,7 @@ Deno.test("init --dry-run writes nothing and shows create, then update with a di
     assertEquals(dry.code, 0, dry.stderr);
     assertMatch(dry.stdout, /^create +\S+soulstone-vllm\.container$/m);
     assertMatch(dry.stdout, /^ +\+Conflicts=soulstone-llama\.service soulstone-sglang\.service$/m);
-    assertMatch(dry.stdout, /14 to create, 0 to update, 0 unchanged, 0 to remove, 0 conflicts/);
+    assertMatch(dry.stdout, /15 to create, 0 to update, 0 unchanged, 0 to remove, 0 conflicts/);
     assertDeep(await sb.tree(), {});
     assertDeep(await sb.calls(), []);
 
@@ -274,6 +285,7 @@ Deno.test("render --out writes the whole set into one folder and nothing else", 
       "out/quadlet/scribe.container",
       "out/quadlet/soulstone-llama.container",
       "out/quadlet/soulstone-vllm.container",
+      "out/systemd/lychd-gate.service",
     ]);
     assertDeep(await sb.calls(), []);
   } finally {

@@ -84,11 +84,11 @@ async function withStack(
   const dir = await Deno.makeTempDir({ prefix: "lychd-obs-" });
   let prom: PrometheusServer | null = null;
   try {
-    const config = await writePrometheusFiles(
-      planFor(null, FAST),
-      dir,
-      `127.0.0.1:${metrics.port}`,
-    );
+    // The layout without the gate: the engine's /metrics is all there is (the gate's own panels
+    // are the next test's).
+    const config = await writePrometheusFiles(planFor("gate: false\n", FAST), dir, {
+      engine: `127.0.0.1:${metrics.port}`,
+    });
     prom = await startPrometheus(config);
     await fn(prom, (e) => metrics.serve(e));
   } finally {
@@ -238,11 +238,11 @@ Deno.test({
     }, 100);
     try {
       const plan = planFor("gate: true\n", FAST);
-      const config = (await Deno.readTextFile(
-        await writePrometheusFiles(plan, dir, `127.0.0.1:${front.addr.port}`),
-      )).replace("127.0.0.1:18081", `127.0.0.1:${metrics.port}`);
-      await Deno.writeTextFile(`${dir}/prometheus.yml`, config);
-      prom = await startPrometheus(`${dir}/prometheus.yml`);
+      const config = await writePrometheusFiles(plan, dir, {
+        engine: `127.0.0.1:${metrics.port}`,
+        gate: `127.0.0.1:${front.addr.port}`,
+      });
+      prom = await startPrometheus(config);
       // The swaps must come after the first scrape: an average of phases needs their increase.
       await waitFor(prom, 'up{job="lychd-gate"} == 1');
       for (let round = 0; round < 3; round++) {

@@ -79,8 +79,9 @@ for (const mode of ["user", "system"] as const) {
         // The compile and JIT caches, kept in lychd's folder for the engine.
         "-v",
         `${compile}/vllm:/lychd/cache:z`,
+        // Behind the gate (the default), on the engine port; the gate holds 8081.
         "--publish",
-        "127.0.0.1:8081:8000",
+        "127.0.0.1:18081:8000",
         "--ipc=host",
         "--pull=never",
         "--stop-timeout=30",
@@ -130,7 +131,7 @@ for (const mode of ["user", "system"] as const) {
         "--enable-metrics",
       ]);
       const llama = podmanArgv(s["soulstone-llama.service"]);
-      assertEquals(llama[llama.indexOf("--publish") + 1], "127.0.0.1:8081:8080");
+      assertEquals(llama[llama.indexOf("--publish") + 1], "127.0.0.1:18081:8080");
       assertDeep(
         engineArgv(s["soulstone-llama.service"], "ghcr.io/ggml-org/llama.cpp:server-cuda-b10587"),
         [

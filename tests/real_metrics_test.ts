@@ -141,11 +141,11 @@ async function withCapture(
   const dir = await Deno.makeTempDir({ prefix: "lychd-real-" });
   let prom: PrometheusServer | null = null;
   try {
-    const config = await writePrometheusFiles(
-      planFor(null, FAST),
-      dir,
-      `127.0.0.1:${server.addr.port}`,
-    );
+    // The engine's job is the same in both layouts but for its port; without the gate, no
+    // target is down (the gate's job is scraped in observability_test.ts).
+    const config = await writePrometheusFiles(planFor("gate: false\n", FAST), dir, {
+      engine: `127.0.0.1:${server.addr.port}`,
+    });
     prom = await startPrometheus(config);
     await fn(prom);
   } finally {

@@ -4,7 +4,7 @@
  * check fails.
  */
 import { ownership, readManifest } from "../apply.ts";
-import type { ConfigOptions } from "../config/types.ts";
+import type { ConfigOptions, GateSettings } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import { GRAFANA_PORT, PROMETHEUS_PORT, STANDARD_PORT } from "../engines.ts";
 import type { Host } from "../host.ts";
@@ -12,7 +12,7 @@ import type { Locations } from "../paths.ts";
 import { openSetup } from "../setup.ts";
 import { showUnits, unreachable } from "../systemctl.ts";
 import { printable } from "../text.ts";
-import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
+import { type Engine, GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export type Verdict = "pass" | "hint" | "warn" | "fail";
 
@@ -52,7 +52,7 @@ export async function doctor(host: Host, options: { config: ConfigOptions }): Pr
       ["compile caches", loc.compileCacheDir],
     ]),
     ...(engines.some((e) => e.gpu.vendor === "amd") ? await checkAmd(host, loc) : []),
-    ...await checkPorts(host, loc, engines),
+    ...await checkPorts(host, loc, engines, config.gate),
     ...await checkUnits(host, loc),
   ];
   for (const c of checks) {
@@ -383,9 +383,18 @@ async function checkAmd(host: Host, loc: Locations): Promise<Check[]> {
   return out;
 }
 
-async function checkPorts(host: Host, loc: Locations, engines: Engine[]): Promise<Check[]> {
+async function checkPorts(
+  host: Host,
+  loc: Locations,
+  engines: Engine[],
+  gate: GateSettings,
+): Promise<Check[]> {
+  const soulstones = engines.map((e) => soulstoneService(e.name));
   const owners: [number, string[]][] = [
-    [STANDARD_PORT, engines.map((e) => soulstoneService(e.name))],
+    // Behind the gate, 8081 is the gate's and the engines answer on their own port.
+    ...(gate.enabled
+      ? [[STANDARD_PORT, [GATE_SERVICE]], [gate.enginePort, soulstones]] as [number, string[]][]
+      : [[STANDARD_PORT, soulstones]] as [number, string[]][]),
     [PROMETHEUS_PORT, ["harvester.service"]],
     [GRAFANA_PORT, ["scribe.service"]],
   ];

@@ -227,8 +227,16 @@ async function startGate(host: Host, setup: Setup, prepared: Prepared): Promise<
     const running = ["active", "activating", "reloading"].includes(state?.ActiveState ?? "");
     if (running && !changed) return;
     await systemctl(host, loc.systemctlScope, running ? "restart" : "start", GATE_SERVICE);
-    // systemd has started the program; clients may come as soon as init returns.
-    for (let i = 0; i < 200 && !(await host.portOpen(STANDARD_PORT)); i++) await host.sleep(50);
+    // systemd has started the program; clients may come as soon as init returns, so wait until
+    // it listens, for as long as systemd says it runs (a gate that dies is not waited for).
+    const listening = await gateListens(host, loc.systemctlScope);
+    if (listening !== true) {
+      host.err(
+        `${GATE_SERVICE} was started, but nothing answers on ${BASE_URL} (${listening}). ` +
+          `See \`${lychdLine(setup, "logs gate")}\`.\n`,
+      );
+      return;
+    }
     host.out(
       running
         ? `Restarted ${GATE_SERVICE} (its settings changed; requests in flight through it were cut off).\n`
@@ -239,6 +247,28 @@ async function startGate(host: Host, setup: Setup, prepared: Prepared): Promise<
     host.err(
       `Could not start ${GATE_SERVICE}: ${e.message}. See \`${lychdLine(setup, "logs gate")}\`.\n`,
     );
+  }
+}
+
+const GATE_LISTEN_TIMEOUT_MS = 10_000;
+
+/** true once the gate listens; else what systemd says of it (it stopped running, or timed out). */
+async function gateListens(host: Host, scope: string[]): Promise<true | string> {
+  const t0 = host.now();
+  for (;;) {
+    if (await host.portOpen(STANDARD_PORT)) return true;
+    const state = (await showUnits(host, scope, [GATE_SERVICE], ["ActiveState", "SubState"]))[
+      GATE_SERVICE
+    ];
+    if (state?.ActiveState !== "active") {
+      return `it is ${state?.ActiveState ?? "unknown"}${
+        state?.SubState ? `/${state.SubState}` : ""
+      }`;
+    }
+    if (host.now() - t0 >= GATE_LISTEN_TIMEOUT_MS) {
+      return `not after ${GATE_LISTEN_TIMEOUT_MS / 1000} s`;
+    }
+    await host.sleep(50);
   }
 }
 

@@ -65,7 +65,7 @@ const GATE_KEYS = [
 ] as const;
 
 /** Whether lychd.yaml without a gate key gets the gate (docs/gate.md). */
-export const GATE_BY_DEFAULT = false;
+export const GATE_BY_DEFAULT = true;
 
 export const DEFAULT_GATE: GateSettings = {
   enabled: GATE_BY_DEFAULT,

@@ -76,8 +76,10 @@ export interface Override {
  */
 export function updateConfigText(existing: string | null, overrides: Override[]): string {
   const doc = existing === null ? parseDocument("{}") : parseDocument(existing, PARSE_OPTIONS);
+  // The last override of a key wins (`--model vllm=a --model vllm=b` is b), as in resolveConfig.
+  const last = [...new Map(overrides.map((o) => [JSON.stringify(o.path), o])).values()];
   // A flag that repeats what the file says changes nothing: the file stays byte for byte.
-  const changing = overrides.filter((o) => {
+  const changing = last.filter((o) => {
     const current = doc.getIn(o.path);
     const plain = current && typeof current === "object" && "toJSON" in current
       ? (current as { toJSON(): unknown }).toJSON()

@@ -65,8 +65,10 @@ export interface GateUnit {
   listen: string;
   enginePort: number;
   /**
-   * A fingerprint of the lychd.yaml settings the gate reads when it starts (all but `active`,
-   * which every swap changes): the unit changes with them, so init knows to restart the gate.
+   * A fingerprint of what the gate takes from lychd.yaml when it starts and keeps (its own
+   * settings; each engine's name, model, port, health path and start timeout): the unit changes
+   * with them, so init knows to restart the gate, and only then (a restart cuts the requests in
+   * flight). Computed from the resolved values, so a default written out changes nothing.
    */
   settings: string;
   wantedBy: string;
@@ -94,7 +96,16 @@ export function gateUnit(config: LychdConfig, loc: Locations, self: SelfCommand)
     ],
     listen: `${config.gate.listen === "all" ? "0.0.0.0" : "127.0.0.1"}:${STANDARD_PORT}`,
     enginePort: config.gate.enginePort,
-    settings: fingerprint(JSON.stringify({ ...config, active: null })),
+    settings: fingerprint(JSON.stringify({
+      gate: config.gate,
+      engines: resolveEngines(config).map((e) => [
+        e.name,
+        e.model,
+        e.hostPort,
+        e.healthPath,
+        e.settings.startTimeoutSec,
+      ]),
+    })),
     wantedBy: loc.bootTarget,
   };
 }

@@ -391,12 +391,19 @@ export async function installedSystemd(
   return fs;
 }
 
-/** The init flags for `engines`: their list, their models and the boot engine. */
+/**
+ * The init flags for `engines`: their list, their models and the boot engine; and the layout
+ * without the gate (`gate: false`, engines on 8081), which is what this miniature plays: its
+ * tests are about systemd's part of a swap. gate_units_test.ts passes `gate` true and scripts a
+ * gate; the end-to-end suites run the default layout, the gate, under real systemd.
+ */
 export function engineOverrides(
   engines: Record<string, EngineScript>,
   active: string | null,
+  gate = false,
 ): Override[] {
   return [
+    { path: ["gate"], value: gate, flag: "test" },
     { path: ["engines"], value: Object.keys(engines), flag: "--engines" },
     ...Object.entries(engines).map(([e, s]) => ({
       path: ["cartridges", e, "model"],

@@ -2,19 +2,33 @@
 import type { Plan } from "../../lib/plan.ts";
 import { run, TOOLS } from "./tools.ts";
 
+/** Test servers standing in for a scrape job's target: the engine, the gate. */
+export interface TestTargets {
+  /** Replaces the `soulstone` job's target (the engine: 8081, or its port behind the gate). */
+  engine?: string;
+  /** Replaces the `lychd-gate` job's target (the gate on 8081). */
+  gate?: string;
+}
+
 /**
  * The plan's prometheus.yml and rules in `dir`, with the container paths rewritten to `dir`
- * and, if given, the scrape target rewritten to a test server's address.
+ * and each given job's target rewritten to a test server's address.
  */
 export async function writePrometheusFiles(
   plan: Plan,
   dir: string,
-  target?: string,
+  targets: TestTargets = {},
 ): Promise<string> {
   const file = (p: string) => plan.files.find((f) => f.root === "data" && f.path === p)!.content;
   await Deno.mkdir(`${dir}/rules`, { recursive: true });
   let config = file("prometheus/prometheus.yml").replace("/etc/prometheus/rules/", `${dir}/rules/`);
-  if (target) config = config.replaceAll("127.0.0.1:8081", target);
+  const retarget = (job: string, to: string) => {
+    const re = new RegExp(`(- job_name: ${job}\\n(?: {4}.*\\n)*? +- targets: \\[")[^"]+`);
+    if (!re.test(config)) throw new Error(`prometheus.yml has no job ${job} with a target`);
+    config = config.replace(re, `$1${to}`);
+  };
+  if (targets.engine) retarget("soulstone", targets.engine);
+  if (targets.gate) retarget("lychd-gate", targets.gate);
   await Deno.writeTextFile(`${dir}/prometheus.yml`, config);
   await Deno.writeTextFile(
     `${dir}/rules/lychd.rules.yml`,
