@@ -86,7 +86,8 @@ export interface Host {
    * On SIGINT or SIGTERM, call `fn` (to explain the state of things) and exit with the code it
    * returns, instead of dying silently; returns the function that stops listening.
    */
-  onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number): () => void;
+  /** `fn` says what the process is left in and returns the exit code; then lychd exits. */
+  onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number | Promise<number>): () => void;
   randomBytes(n: number): Uint8Array;
   out(text: string): void;
   err(text: string): void;
@@ -409,8 +410,8 @@ export const denoHost: Host = {
   sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
   isTerminal: (stream) => (stream === "stdout" ? Deno.stdout : Deno.stderr).isTerminal(),
   onInterrupt(fn) {
-    const int = () => Deno.exit(fn("SIGINT"));
-    const term = () => Deno.exit(fn("SIGTERM"));
+    const int = async () => Deno.exit(await fn("SIGINT"));
+    const term = async () => Deno.exit(await fn("SIGTERM"));
     Deno.addSignalListener("SIGINT", int);
     Deno.addSignalListener("SIGTERM", term);
     return () => {

@@ -212,26 +212,28 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
       "swap away from llama.cpp during a generation: the drain waits (bounded), then its short " +
         "stop timeout, not 30 s",
       async () => {
+        // A file of this run's own: /tmp may be shared with an earlier run as another user, whose
+        // file this user could not overwrite (the shell's redirect fails, and curl never runs).
+        const streamFile = `/tmp/lychd-stream-${crypto.randomUUID().slice(0, 8)}.txt`;
         // A long streaming generation (up to the 32768-token context) in the background.
         const stream = guest([
           "sh",
           "-c",
           `curl -sS -N --max-time 60 -H 'content-type: application/json' ` +
           `-d '{"prompt":"once upon a time","max_tokens":30000,"stream":true}' ` +
-          "http://127.0.0.1:8081/v1/completions > /tmp/lychd-stream.txt; echo curl=$?",
+          `http://127.0.0.1:8081/v1/completions > ${streamFile}; echo curl=$?`,
         ]);
         let started = false;
         for (let i = 0; i < 100 && !started; i++) {
           const seen = await guest([
             "sh",
             "-c",
-            "wc -c < /tmp/lychd-stream.txt 2>/dev/null || echo 0",
+            `wc -c < ${streamFile} 2>/dev/null || echo 0`,
           ]);
           started = Number(seen.stdout.trim()) > 200;
           if (!started) await new Promise((r) => setTimeout(r, 100));
         }
-        const head = async () =>
-          (await guest(["sh", "-c", "head -c 600 /tmp/lychd-stream.txt"])).stdout;
+        const head = async () => (await guest(["sh", "-c", `head -c 600 ${streamFile}`])).stdout;
         assert(started, `the generation did not start: ${await head()}`);
         // Behind the gate the swap first waits for the generation (the drain), here for 3 s.
         const r = await lychd("swap", ...flags, "vllm", "--drain-timeout", "3s");
@@ -247,6 +249,9 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
         assert(stopped < 10, `llama.cpp's stop took ${stopped} s`);
         const s = await stream;
         console.log(`  the streaming client: ${s.stdout.trim()}`);
+        // Cut off mid-stream (curl 18: a partial transfer) by the stop after the drain timeout.
+        assertMatch(s.stdout, /curl=18/);
+        await guest(["rm", "-f", streamFile]);
         await activeIs("vllm");
       },
     );

@@ -334,6 +334,28 @@ Deno.test("swap behind the gate: a failed swap opens the gate to the engine roll
   assertDeep([body.engine, body.swap.to, body.swap.result], ["llama", "vllm", "rolled-back"]);
 });
 
+Deno.test("swap behind the gate: interrupted, it hands the held requests to the target as soon as it serves", async () => {
+  const engines = CPU_ENGINES();
+  engines.vllm = { ...engines.vllm, readyMs: null };
+  const fs = await behindGate([0], engines);
+  // SIGTERM while vllm loads: what the signal handler does before lychd exits.
+  let exit: Promise<number> | number | null = null;
+  const http = fs.http.bind(fs);
+  fs.http = (url, body) => {
+    if (fs.state("soulstone-vllm.service").state === "active" && exit === null) {
+      exit = fs.host.interrupt!("SIGTERM");
+    }
+    return http(url, body);
+  };
+  await swap(fs.host, swapOpts("vllm", { timeoutSec: 2 }));
+  assertEquals(await exit, 143);
+  assertMatch(fs.host.stderr, /lychd swap interrupted \(SIGTERM\)/);
+  assertMatch(fs.host.stderr, /the gate holds requests until it serves/);
+  const recover = fs.host.controls.find((c) => c.path === "/recover");
+  assert(recover, fs.host.controls.map((c) => c.path).join(" "));
+  assertDeep(recover.body, { engine: "vllm" });
+});
+
 Deno.test("swap behind the gate: no gate running is said, and the swap goes on", async () => {
   const fs = await behindGate([0], CPU_ENGINES());
   (fs.host as unknown as { options: { control: unknown } }).options.control = () => ({

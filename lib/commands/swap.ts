@@ -121,20 +121,26 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   }
 
   const progress = new Progress(host, target.name);
-  // Interrupted (Ctrl-C, SIGTERM): say what state the host is in; exiting drops the lock.
-  const stopListening = host.onInterrupt((signal) => {
+  let gate: HeldAtGate | null = null;
+  // Interrupted (Ctrl-C, SIGTERM): say what state the host is in; exiting drops the lock. Behind
+  // the gate, the held requests go to the target as soon as it serves (systemd goes on starting
+  // it), rather than waiting out the hold.
+  const stopListening = host.onInterrupt(async (signal) => {
     progress.done();
     host.err(
       `\nlychd swap interrupted (${signal}) while: ${progress.current() || "preparing"}.\n` +
         `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
-        `in the background${previous ? ` (${previous.name} was stopped)` : ""}. ` +
+        `in the background${previous ? ` (${previous.name} was stopped)` : ""}${
+          gate ? `; the gate holds requests until it serves` : ""
+        }. ` +
         `See \`${lychdLine(setup, "status")}\`${
           previous ? `; go back with \`${lychdLine(setup, `swap ${previous.name}`)}\`` : ""
         }.\n`,
     );
+    await gate?.client.recover(target.name);
     return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
   });
-  const gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
+  gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
   const t0 = host.now();
   let result: Outcome;
   try {

@@ -194,9 +194,9 @@ export class FakeHost implements Host {
     return this.terminals.has(stream);
   }
 
-  interrupt: ((signal: "SIGINT" | "SIGTERM") => number) | null = null;
+  interrupt: ((signal: "SIGINT" | "SIGTERM") => number | Promise<number>) | null = null;
 
-  onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number) {
+  onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number | Promise<number>) {
     this.interrupt = fn;
     return () => {
       this.interrupt = null;
