@@ -17,6 +17,10 @@ const STREAM_CHUNKS = 20_000;
 const CHUNK = new TextEncoder().encode('data: {"choices":[{"text":"tok"}]}\n\n');
 
 const role = Deno.args[0];
+/** V8 flags for the gate's process only (an experiment: LYCHD_BENCH_GATE_V8_FLAGS=--max-semi-space-size=2). */
+const GATE_V8_FLAGS = role === undefined || !isNaN(Number(role))
+  ? Deno.env.get("LYCHD_BENCH_GATE_V8_FLAGS") ?? ""
+  : "";
 if (role === "engine") await runEngine();
 else if (role === "gate") await runGate(Deno.args[1]);
 else await runClient(Number(Deno.args[0] ?? 2000));
@@ -85,7 +89,14 @@ function runGate(upstream: string) {
 /** Start `deno run` of this script in `args`' role; resolves with the first line it prints. */
 async function spawnRole(args: string[]): Promise<{ child: Deno.ChildProcess; line: string }> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net=127.0.0.1", "--allow-sys=osRelease", import.meta.filename!, ...args],
+    args: [
+      "run",
+      ...(args[0] === "gate" && GATE_V8_FLAGS ? [`--v8-flags=${GATE_V8_FLAGS}`] : []),
+      "--allow-net=127.0.0.1",
+      "--allow-sys=osRelease",
+      import.meta.filename!,
+      ...args,
+    ],
     stdout: "piped",
     stderr: "null",
   }).spawn();
