@@ -167,6 +167,37 @@ Deno.test("gate: end-to-end headers pass, hop-by-hop ones stop at the gate", asy
   });
 });
 
+Deno.test("gate: a compressed engine answer reaches the client whole and decodable", async () => {
+  const text = JSON.stringify({ choices: [{ text: "token ".repeat(2000) }] });
+  const gzip = (s: string) =>
+    new Response(new Blob([s]).stream().pipeThrough(new CompressionStream("gzip"))).arrayBuffer();
+  // One engine compresses when asked (a gzip middleware), one whatever it is asked.
+  for (const always of [false, true]) {
+    await withGate(async (req) => {
+      if (!always && !(req.headers.get("accept-encoding") ?? "").includes("gzip")) {
+        return new Response(text, { headers: { "content-type": "application/json" } });
+      }
+      const body = await gzip(text);
+      return new Response(body, {
+        headers: {
+          "content-type": "application/json",
+          "content-encoding": "gzip",
+          "content-length": String(body.byteLength),
+        },
+      });
+    }, async (_gate, url) => {
+      // Deno's fetch asks for gzip and decodes it, as client libraries do.
+      const r = await fetch(`${url}/v1/completions`, { method: "POST", body: "{}" });
+      assertEquals(r.status, 200);
+      assertEquals(
+        await r.text(),
+        text,
+        `engine that compresses ${always ? "always" : "when asked"}`,
+      );
+    });
+  }
+});
+
 Deno.test("gate: held requests wait while closed and go to the engine in the order they came", async () => {
   const order: string[] = [];
   await withGate(
