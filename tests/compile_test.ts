@@ -66,6 +66,9 @@ Deno.test("compile: every template and dashboard embedded, the default permissio
     assertEquals(perms.allow_sys, null);
     assertEquals(perms.allow_ffi, null);
     assertEquals(perms.prompt, false);
+    // The gate relies on Deno's corrected request.signal (it aborts only when a client leaves).
+    const unstable = metadataObject(binary, "unstable_config") as { features: string[] };
+    assertDeep(unstable.features, denoJson.unstable);
     const env = metadataObject(binary, "env_vars_from_env_file") as Record<string, string>;
     assertMatch(env.LYCHD_COMMIT, /^[0-9a-f]{7,}(-dirty)?$|^unknown$/);
   } finally {

@@ -183,6 +183,12 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
         assertEquals(r.code, 0, `${port}: ${r.stderr}`);
         assertMatch(r.stdout, /tiny\.gguf/);
       }
+      // The gate runs with Deno's corrected request.signal (deno.json "unstable"): the legacy
+      // one aborted on every answered request and said so in the journal.
+      const logs = await lychd("logs", ...flags, "gate", "-n", "200");
+      assertEquals(logs.code, EXIT.OK, logs.stderr);
+      assertMatch(logs.stdout, /lychd gate: 127\.0\.0\.1:8081 -> /);
+      assert(!/legacy behavior/.test(logs.stdout), logs.stdout);
     });
 
     await t.step(
