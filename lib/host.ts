@@ -86,7 +86,6 @@ export interface Host {
    * On SIGINT or SIGTERM, call `fn` (to explain the state of things) and exit with the code it
    * returns, instead of dying silently; returns the function that stops listening.
    */
-  /** `fn` says what the process is left in and returns the exit code; then lychd exits. */
   onInterrupt(fn: (signal: "SIGINT" | "SIGTERM") => number | Promise<number>): () => void;
   randomBytes(n: number): Uint8Array;
   out(text: string): void;

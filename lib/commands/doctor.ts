@@ -10,7 +10,7 @@ import { GRAFANA_PORT, PROMETHEUS_PORT, STANDARD_PORT } from "../engines.ts";
 import type { Host } from "../host.ts";
 import type { Locations } from "../paths.ts";
 import { openSetup } from "../setup.ts";
-import { showUnits, unreachable } from "../systemctl.ts";
+import { showUnits, type UnitProps, unreachable } from "../systemctl.ts";
 import { printable } from "../text.ts";
 import { type Engine, GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
@@ -390,26 +390,24 @@ async function checkPorts(
   gate: GateSettings,
 ): Promise<Check[]> {
   const soulstones = engines.map((e) => soulstoneService(e.name));
-  const owners: [number, string[]][] = [
-    // Behind the gate, 8081 is the gate's and the engines answer on their own port.
-    ...(gate.enabled
-      ? [[STANDARD_PORT, [GATE_SERVICE]], [gate.enginePort, soulstones]] as [number, string[]][]
-      : [[STANDARD_PORT, soulstones]] as [number, string[]][]),
-    [PROMETHEUS_PORT, ["harvester.service"]],
-    [GRAFANA_PORT, ["scribe.service"]],
-  ];
+  const owners: [number, string[]][] = [];
+  // Behind the gate, 8081 is the gate's and the engines answer on their own port.
+  if (gate.enabled) owners.push([STANDARD_PORT, [GATE_SERVICE]], [gate.enginePort, soulstones]);
+  else owners.push([STANDARD_PORT, soulstones]);
+  owners.push([PROMETHEUS_PORT, ["harvester.service"]], [GRAFANA_PORT, ["scribe.service"]]);
   const units = owners.flatMap(([, u]) => u);
-  const states = await showUnits(host, loc.systemctlScope, units, ["ActiveState"]).catch(
-    () => ({}),
-  );
+  const states: Record<string, UnitProps> = await showUnits(
+    host,
+    loc.systemctlScope,
+    units,
+    ["ActiveState"],
+  ).catch(() => ({}));
   // Something answering a TCP connect on the port is what would collide with lychd's units.
   const open = await Promise.all(owners.map(([port]) => host.portOpen(port)));
   return owners.map(([port, candidates], i) => {
     const name = `port ${port}`;
     if (!open[i]) return { verdict: "pass", name, detail: "free" };
-    const owner = candidates.find((u) =>
-      (states as Record<string, Record<string, string>>)[u]?.ActiveState === "active"
-    );
+    const owner = candidates.find((u) => states[u]?.ActiveState === "active");
     return owner ? { verdict: "pass", name, detail: `held by lychd's ${owner}` } : {
       verdict: "fail",
       name,
