@@ -244,6 +244,8 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
           r.stderr,
           /drain timeout \(3\.0 s\): stopping llama with 1 requests still in flight/,
         );
+        // The report counts the drain: clients were held from its start.
+        assertMatch(r.stdout, /^vllm ready in [0-9.]+ s \(drained llama 3\.[0-9] s, /);
         const stopped = Number(r.stdout.match(/old engine stopped ([0-9.]+) s/)?.[1]);
         assert(Number.isFinite(stopped), r.stdout);
         assert(stopped < 10, `llama.cpp's stop took ${stopped} s`);

@@ -267,6 +267,7 @@ async function behindGate(inFlight: number[], engines: Record<string, EngineScri
     XDG_RUNTIME_DIR: "/run/user/1000",
   };
   fs.host.stderr = "";
+  fs.host.stdout = "";
   const polls = [...inFlight];
   (fs.host as unknown as { options: { control: unknown } }).options.control = (
     method: string,
@@ -314,8 +315,20 @@ Deno.test("swap behind the gate: hold, drain with progress, then open to the new
   assertEquals(open.swap.result, "ok");
   assertDeep(Object.keys(open.swap.phases), ["drain", "stop", "start", "load", "warmup"]);
   assert(open.swap.phases.drain >= 0.5, JSON.stringify(open.swap.phases));
+  // Clients waited from the drain's start: the report's total counts the drain.
+  const line = fs.host.stdout.match(
+    /^vllm ready in ([0-9.]+) s \(drained llama ([0-9.]+) s, old engine stopped ([0-9.]+) s, /,
+  );
+  assert(line, fs.host.stdout);
+  assert(Number(line[1]) >= Number(line[2]) + Number(line[3]), fs.host.stdout);
   // The readiness probe asked the engine on its own port, not the gate.
   assert(fs.host.calls.every((c) => !c.includes("127.0.0.1:8081/")), fs.host.calls.join("\n"));
+});
+
+Deno.test("swap behind the gate with nothing in flight: no drain in the report", async () => {
+  const fs = await behindGate([0], CPU_ENGINES());
+  assertEquals(await swap(fs.host, swapOpts("vllm")), 0, fs.host.stderr);
+  assertMatch(fs.host.stdout, /^vllm ready in [0-9.]+ s \(old engine stopped /);
 });
 
 Deno.test("swap behind the gate: a failed swap opens the gate to the engine rolled back to; --no-drain skips the wait", async () => {

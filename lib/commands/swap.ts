@@ -171,7 +171,18 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
         await gate.client.open(target.name, record(target.name, "ok", result.phases));
       } else await gate.client.recover(target.name);
     }
-    host.out(`${result.report}\n`);
+    // Clients waited from the drain's start: the line counts it when it waited for requests.
+    const drain = gate?.drainWaited && result.ready ? gate.drainSec! * 1000 : 0;
+    host.out(
+      `${
+        drain > 0
+          ? readyLine(target.name, drain + result.ready!.ms, [
+            `drained ${previous!.name} ${fmt(drain)}`,
+            ...result.ready!.steps,
+          ])
+          : result.report
+      }\n`,
+    );
     return EXIT.OK;
   }
   host.err(`\n${target.name} failed: ${result.reason}\n`);
@@ -252,15 +263,30 @@ function withoutInstall(text: string | null | undefined): string {
   return (text ?? "").replace(/\n(#[^\n]*\n)*\[Install\][\s\S]*$/, "\n").trimEnd();
 }
 
-/** `phases`: seconds per phase (stop, start, load, warmup), for the gate's metrics. */
+/**
+ * `phases`: seconds per phase (stop, start, load, warmup), for the gate's metrics; `ready`: how
+ * long it took until the engine served, and the phases as the report names them (none with
+ * --no-wait).
+ */
 type Outcome =
-  | { ok: true; report: string; phases: Record<string, number> }
+  | {
+    ok: true;
+    report: string;
+    phases: Record<string, number>;
+    ready?: { ms: number; steps: string[] };
+  }
   | { ok: false; reason: string };
+
+function readyLine(engine: string, ms: number, steps: string[]): string {
+  return `${engine} ready in ${fmt(ms)} (${steps.join(", ")})`;
+}
 
 interface HeldAtGate {
   client: GateClient;
   /** Seconds the drain took (undefined: no drain). */
   drainSec?: number;
+  /** Whether it waited for requests in flight (rather than finding none). */
+  drainWaited?: boolean;
 }
 
 const DRAIN_POLL_MS = 250;
@@ -328,7 +354,7 @@ async function holdAtGate(
   }
   const drainSec = (host.now() - t0) / 1000;
   if (inFlight > 0) progress.note(`drained ${previous.name} in ${fmt(drainSec * 1000)}`);
-  return { client, drainSec };
+  return { client, drainSec, drainWaited: inFlight > 0 };
 }
 
 /**
@@ -499,7 +525,7 @@ async function switchTo(
     warmMs = w.ms;
   }
   progress.done();
-  const phases = [
+  const steps = [
     ...(stopping
       ? [
         `${restart ? "stopped" : "old engine stopped"} ${fmt((stoppedAt ?? upAt) - t0)}${
@@ -512,9 +538,11 @@ async function switchTo(
     ...(warmMs === null ? [] : [`first request ${fmt(warmMs)}`]),
   ];
   const stoppedMs = stopping ? (stoppedAt ?? upAt) - t0 : null;
+  const ms = host.now() - t0;
   return {
     ok: true,
-    report: `${engine.name} ready in ${fmt(host.now() - t0)} (${phases.join(", ")})`,
+    report: readyLine(engine.name, ms, steps),
+    ready: { ms, steps },
     phases: {
       ...(stoppedMs === null ? {} : { stop: stoppedMs / 1000 }),
       start: Math.max(0, upAt - (stoppedAt ?? t0)) / 1000,
