@@ -68,13 +68,14 @@ function runEngine() {
   return engine.finished;
 }
 
-/** The gate in a process of its own; a second port answers its RSS and closes or opens it. */
-function runGate(upstream: string) {
-  const gate = new Gate(upstream, { holdTimeoutMs: 60_000, maxHeld: 1024 });
-  const front = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (r, info) => gate.handle(r, info.completed),
-  );
+/**
+ * A proxy's process prints "PORT CONTROL_PORT"; the control port closes (/close) or opens (/open)
+ * the proxy and answers how many it holds and the process's RSS.
+ */
+function serveControl(
+  front: Deno.HttpServer<Deno.NetAddr>,
+  control: { close(): void; open(): void; held(): number },
+) {
   Deno.serve({
     hostname: "127.0.0.1",
     port: 0,
@@ -83,16 +84,30 @@ function runGate(upstream: string) {
     },
   }, (req) => {
     const path = new URL(req.url).pathname;
-    if (path === "/close") gate.close();
-    if (path === "/open") gate.open(upstream);
-    return Response.json({ ...gate.counts(), rssMB: Deno.memoryUsage().rss / 1024 / 1024 });
+    if (path === "/close") control.close();
+    if (path === "/open") control.open();
+    return Response.json({ held: control.held(), rssMB: Deno.memoryUsage().rss / 1024 / 1024 });
   });
   return front.finished;
 }
 
+/** The gate in a process of its own. */
+function runGate(upstream: string) {
+  const gate = new Gate(upstream, { holdTimeoutMs: 60_000, maxHeld: 1024 });
+  const front = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    (r, info) => gate.handle(r, info.completed),
+  );
+  return serveControl(front, {
+    close: () => gate.close(),
+    open: () => gate.open(upstream),
+    held: () => gate.counts().held,
+  });
+}
+
 /**
  * The floor: a proxy with nothing of the gate's (no headers filtered, no counts, no retry), and a
- * hold as plain as can be (one promise), behind the same control port as the gate.
+ * hold as plain as can be (one promise).
  */
 function runFloor(upstream: string) {
   let opened: Promise<void> | null = null;
@@ -115,22 +130,14 @@ function runFloor(upstream: string) {
       });
     },
   );
-  Deno.serve({
-    hostname: "127.0.0.1",
-    port: 0,
-    onListen({ port }) {
-      console.log(`${front.addr.port} ${port}`);
-    },
-  }, (req) => {
-    const path = new URL(req.url).pathname;
-    if (path === "/close") opened = new Promise((r) => open = r);
-    if (path === "/open") {
+  return serveControl(front, {
+    close: () => opened = new Promise((r) => open = r),
+    open: () => {
       open();
       opened = null;
-    }
-    return Response.json({ held, rssMB: Deno.memoryUsage().rss / 1024 / 1024 });
+    },
+    held: () => held,
   });
-  return front.finished;
 }
 
 /** Start `deno run` of this script in `args`' role; resolves with the first line it prints. */
