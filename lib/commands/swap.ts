@@ -172,17 +172,8 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
       } else await gate.client.recover(target.name);
     }
     // Clients waited from the drain's start: the line counts it when it waited for requests.
-    const drain = gate?.drainWaited && result.ready ? gate.drainSec! * 1000 : 0;
-    host.out(
-      `${
-        drain > 0
-          ? readyLine(target.name, drain + result.ready!.ms, [
-            `drained ${previous!.name} ${fmt(drain)}`,
-            ...result.ready!.steps,
-          ])
-          : result.report
-      }\n`,
-    );
+    const drained = gate?.drainWaited ? { from: previous!.name, ms: gate.drainSec! * 1000 } : null;
+    host.out(`${report(target.name, result, drained)}\n`);
     return EXIT.OK;
   }
   host.err(`\n${target.name} failed: ${result.reason}\n`);
@@ -227,7 +218,9 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   if (back.ok) {
     await gate?.client.open(previous.name, record(target.name, "rolled-back", back.phases));
     host.err(
-      `${back.report}\nThe swap to ${target.name} failed; ${previous.name} serves again, as before.\n`,
+      `${
+        report(previous.name, back)
+      }\nThe swap to ${target.name} failed; ${previous.name} serves again, as before.\n`,
     );
     return EXIT.ROLLED_BACK;
   }
@@ -265,20 +258,25 @@ function withoutInstall(text: string | null | undefined): string {
 
 /**
  * `phases`: seconds per phase (stop, start, load, warmup), for the gate's metrics; `ready`: how
- * long it took until the engine served, and the phases as the report names them (none with
+ * long it took until the engine served, and the phases as the report names them (null with
  * --no-wait).
  */
 type Outcome =
-  | {
-    ok: true;
-    report: string;
-    phases: Record<string, number>;
-    ready?: { ms: number; steps: string[] };
-  }
+  | { ok: true; phases: Record<string, number>; ready: { ms: number; steps: string[] } | null }
   | { ok: false; reason: string };
 
-function readyLine(engine: string, ms: number, steps: string[]): string {
-  return `${engine} ready in ${fmt(ms)} (${steps.join(", ")})`;
+/** The swap's last line; `drained`: the drain before it, which clients waited through too. */
+function report(
+  engine: string,
+  outcome: Extract<Outcome, { ok: true }>,
+  drained: { from: string; ms: number } | null = null,
+): string {
+  const ready = outcome.ready;
+  if (ready === null) return `${engine} started (--no-wait: not waiting until it serves).`;
+  const steps = drained
+    ? [`drained ${drained.from} ${fmt(drained.ms)}`, ...ready.steps]
+    : ready.steps;
+  return `${engine} ready in ${fmt((drained?.ms ?? 0) + ready.ms)} (${steps.join(", ")})`;
 }
 
 interface HeldAtGate {
@@ -441,11 +439,7 @@ async function switchTo(
 
   if (!options.wait) {
     progress.done();
-    return {
-      ok: true,
-      report: `${engine.name} started (--no-wait: not waiting until it serves).`,
-      phases: {},
-    };
+    return { ok: true, phases: {}, ready: null };
   }
 
   const timeoutMs = (options.timeoutSec ?? engine.settings.startTimeoutSec) * 1000;
@@ -538,11 +532,9 @@ async function switchTo(
     ...(warmMs === null ? [] : [`first request ${fmt(warmMs)}`]),
   ];
   const stoppedMs = stopping ? (stoppedAt ?? upAt) - t0 : null;
-  const ms = host.now() - t0;
   return {
     ok: true,
-    report: readyLine(engine.name, ms, steps),
-    ready: { ms, steps },
+    ready: { ms: host.now() - t0, steps },
     phases: {
       ...(stoppedMs === null ? {} : { stop: stoppedMs / 1000 }),
       start: Math.max(0, upAt - (stoppedAt ?? t0)) / 1000,
