@@ -122,6 +122,42 @@ gate: {engine_port: 18081}
   assert(gateUnit("gate: {max_held: 8}\n") !== bare);
 });
 
+Deno.test("init restarts a running gate only when what the gate keeps changed", async () => {
+  const engines = CPU_ENGINES();
+  const fs = new FakeSystemd(engines);
+  const run = async (extra: { path: string[]; value: unknown }[]) => {
+    fs.host.calls = [];
+    const code = await init(fs.host, {
+      config: {
+        system: false,
+        configPath: null,
+        overrides: [
+          ...engineOverrides(engines, "llama", true),
+          ...extra.map((o) => ({ ...o, flag: "test" })),
+        ],
+      },
+      dryRun: false,
+      force: false,
+      reload: true,
+    });
+    assertEquals(code, 0, fs.host.stderr);
+    return fs.host.calls.filter((c) => c.includes("lychd-gate.service") && !c.includes(" show "));
+  };
+  assertDeep(await run([]), [
+    "systemctl --user enable lychd-gate.service",
+    "systemctl --user start lychd-gate.service",
+  ]);
+  fs.activate("lychd-gate.service");
+  fs.host.openPorts.add(8081);
+  // lychd.yaml changes (the harvester's retention), the gate's unit does not: no restart, which
+  // would cut the requests in flight.
+  assertDeep(await run([{ path: ["harvester", "retention"], value: "3d" }]), []);
+  // What the gate keeps (an engine's start timeout: its hold): a restart.
+  assertDeep(await run([{ path: ["cartridges", "vllm", "start_timeout"], value: "5m" }]), [
+    "systemctl --user restart lychd-gate.service",
+  ]);
+});
+
 Deno.test("gate config: bad settings are refused with their key, nothing rendered", () => {
   const cases: [string, RegExp][] = [
     ["gate: maybe\n", /gate: expected true, false or a mapping/],

@@ -207,14 +207,14 @@ function isGateUnit(path: string): boolean {
 
 /**
  * The gate is a plain unit: enabled (its [Install] link) and started here, and restarted when
- * its unit or lychd.yaml changed (it reads lychd.yaml when it starts). A restart cuts the
- * requests in flight through it; init says so.
+ * its unit changed. The unit carries a fingerprint of what the gate takes from lychd.yaml and
+ * keeps (lib/units/model.ts), so another change to lychd.yaml leaves it running: a restart cuts
+ * the requests in flight through it; init says so when it does.
  */
 async function startGate(host: Host, setup: Setup, prepared: Prepared): Promise<void> {
   const loc = setup.loc;
   const changed = prepared.changes.some((c) =>
-    ["create", "update"].includes(c.action) &&
-    (isGateUnit(c.path) || c.path === prepared.configRecord.path)
+    ["create", "update"].includes(c.action) && isGateUnit(c.path)
   );
   try {
     const state = (await showUnits(host, loc.systemctlScope, [GATE_SERVICE], [

@@ -234,6 +234,9 @@ export class FakeSystemd {
     switch (a[0]) {
       case "daemon-reload":
         return ok();
+      case "enable":
+        for (const n of a.slice(1)) this.enabled.add(n);
+        return ok();
       case "reset-failed":
         for (const n of a.slice(1)) {
           Object.assign(this.unit(n), { state: "inactive", result: "success" });
@@ -299,6 +302,9 @@ export class FakeSystemd {
     }
   }
 
+  /** Units `systemctl enable` was run for. */
+  enabled = new Set<string>();
+
   show(name: string, props: string[]): string {
     const u = this.state(name);
     const values: Record<string, string> = {
@@ -316,6 +322,8 @@ export class FakeSystemd {
       InactiveEnterTimestamp: stamp(u.inactiveEnter),
       Result: u.result,
       ExecMainStatus: u.execMainStatus,
+      // A plain unit's [Install] link (the gate's); Quadlet units are generated, never enabled.
+      UnitFileState: this.enabled.has(name) ? "enabled" : "disabled",
     };
     return props.map((p) => `${p}=${values[p] ?? ""}`).join("\n");
   }
