@@ -118,6 +118,11 @@ Deno.test("init --dry-run writes nothing and shows create, then update with a di
     assertMatch(dry.stdout, /^create +\S+soulstone-vllm\.container$/m);
     assertMatch(dry.stdout, /^ +\+Conflicts=soulstone-llama\.service soulstone-sglang\.service$/m);
     assertMatch(dry.stdout, /15 to create, 0 to update, 0 unchanged, 0 to remove, 0 conflicts/);
+    // What init would do beyond its files names the gate it would start (the default layout).
+    assertMatch(
+      dry.stdout,
+      /start the harvester and scribe, and enable and start lychd-gate\.service /,
+    );
     assertDeep(await sb.tree(), {});
     assertDeep(await sb.calls(), []);
 

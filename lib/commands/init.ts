@@ -279,10 +279,13 @@ function dryRun(host: Host, setup: Setup, prepared: Prepared): number {
   );
   host.out(describeChanges(prepared.changes, true));
   host.out(`\n${summary(prepared.changes, true)}\n`);
+  const start = prepared.loaded.config.gate.enabled
+    ? `, start the harvester and scribe, and enable and start ${GATE_SERVICE} (lychd on ${BASE_URL})`
+    : ", and start the harvester and scribe";
   host.out(
     `init would then create the Podman secret ${GRAFANA_ADMIN_SECRET} (Grafana's admin ` +
       `password) if it is missing, run \`${systemctlLine(loc, "daemon-reload")}\` ` +
-      "if any file changed, and start the harvester and scribe.\n",
+      `if any file changed${start}.\n`,
   );
   return conflictError(prepared.changes) ? EXIT.FAILED : EXIT.OK;
 }
