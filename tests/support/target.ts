@@ -2,7 +2,7 @@
  * Where the end-to-end tests run lychd: a real systemd host with Quadlet and Podman, in one of
  * two forms.
  *   - "sandbox": a throwaway systemd guest booted by the `sdsandbox` tool (found at
- *     $SDSANDBOX, or `../shared/sandbox/sdsandbox` beside the checkout; needs root). Picked
+ *     $SDSANDBOX, or in the sandbox tools' folder beside the checkout; needs root). Picked
  *     whenever the tool is there. With mode "user", the guest has an unprivileged user with its
  *     own systemd user manager and rootless Podman.
  *   - "host": this machine's own systemd, only when asked with LYCHD_E2E=host (e.g. a CI runner,
