@@ -6,6 +6,13 @@
  * requests wait in arrival order, up to a hold timeout and a maximum number held; beyond either,
  * 503 with Retry-After and an OpenAI-shaped error. A request may want one engine (on demand):
  * it waits until the gate opens to that engine.
+ *
+ * What a client sees when something goes wrong is a promise (docs/gate.md, "What a client
+ * sees"; tests/gate_outcomes.ts): a request is sent to an engine a second time only when it
+ * provably never reached one (the connection was refused, or the engine answered 503 before
+ * any byte, as llama.cpp does while it loads), at most once, and only to the same engine. A
+ * request cut off once an engine had it is a 502 that says so, never an answer from another
+ * engine.
  */
 
 export interface GateOptions {
@@ -17,11 +24,13 @@ export interface GateOptions {
    * Whether the upstream serves now, and which engine it is (null: serves, not known which);
    * false: it does not. With it, a request the engine refused to connect (it crashed, or is
    * restarting) is held instead of failed, and the gate polls this until an engine serves
-   * again; without it, that request is a 502.
+   * again; without it, that request is a 503 at once.
    */
   serving?: (upstream: string) => Promise<{ engine: string | null } | false>;
   /** How often `serving` is asked while the engine is away. */
   probeIntervalMs?: number;
+  /** Bytes of request bodies the gate may hold in memory at once (default MAX_BUFFERED_BYTES). */
+  maxBufferedBytes?: number;
 }
 
 export interface GateCounts {
@@ -57,14 +66,29 @@ const HOP_BY_HOP = [
   "upgrade",
 ];
 
-/**
- * How often a request that got no answer at all is sent (a completion has no side effect to
- * repeat; a bound keeps an engine that drops every connection from looping it forever).
- */
-const MAX_ATTEMPTS = 3;
-
 /** Request bodies up to this size are read before forwarding, so they can be sent again. */
 export const REPLAYABLE_BYTES = 1 << 20;
+
+/** Request bodies held in memory at once, in all (read for a resend, or for on demand's model). */
+export const MAX_BUFFERED_BYTES = 256 << 20;
+
+/** Retry-After when no swap has been timed yet (seconds; a small model's swap). */
+const DEFAULT_SWAP_SEC = 10;
+
+/** Why the gate answered a request itself (lychd_gate_refused_total's reason label). */
+export const REFUSAL_REASONS = [
+  "queue_full",
+  "hold_timeout",
+  "no_engine",
+  "engine_error",
+  "engine_lost",
+  "stopped",
+  "shutting_down",
+  "buffer_full",
+  "backoff",
+  "bad_request",
+] as const;
+export type RefusalReason = typeof REFUSAL_REASONS[number];
 
 export function endToEndHeaders(headers: Headers): Headers {
   const out = new Headers(headers);
@@ -83,7 +107,7 @@ export function openAiError(status: number, message: string, retryAfterSec?: num
   if (retryAfterSec !== undefined) headers["retry-after"] = String(retryAfterSec);
   const type = status === 503
     ? "service_unavailable"
-    : status === 401
+    : status === 401 || status === 400
     ? "invalid_request_error"
     : "server_error";
   return new Response(
@@ -92,12 +116,21 @@ export function openAiError(status: number, message: string, retryAfterSec?: num
   );
 }
 
+/** The gate's answer for a client that has gone away (nobody reads it; nginx's code for it). */
+export const CLIENT_GONE = 499;
+
+/** A request the gate answers itself, with the reason its metrics count it under. */
+export interface Refusal {
+  reason: RefusalReason;
+  response: Response;
+}
+
 interface Waiter {
   /** The engine this request must go to; null = whichever serves. */
   wants: string | null;
   since: number;
   release: (upstream: string) => void;
-  refuse: (response: Response) => void;
+  refuse: (refusal: Refusal | "gone") => void;
 }
 
 /** Seconds; the hold-wait histogram's buckets (a swap takes from a second to ten minutes). */
@@ -129,14 +162,54 @@ class Histogram {
   }
 }
 
+/** Bytes of request bodies in memory, bounded in all. */
+export class ByteBudget {
+  #used = 0;
+  constructor(readonly limit: number) {}
+  take(n: number): boolean {
+    if (this.#used + n > this.limit) return false;
+    this.#used += n;
+    return true;
+  }
+  give(n: number): void {
+    this.#used = Math.max(0, this.#used - n);
+  }
+  used(): number {
+    return this.#used;
+  }
+}
+
+/** How one attempt to forward a request ended, when it did not end in an answer for the client. */
+type Attempt =
+  | Response
+  /** It provably never reached an engine: the connection was refused, or the engine said 503. */
+  | { away: string };
+
+/**
+ * fetch's error for a connection that was never made (nothing was sent), as Deno words it:
+ * "client error (Connect): tcp connect error: Connection refused".
+ */
+function neverConnected(e: unknown): boolean {
+  const cause = (e as { cause?: unknown })?.cause;
+  const text = `${(e as Error)?.message ?? ""} ${(cause as Error)?.message ?? ""}`;
+  return /client error \(Connect\)/.test(text);
+}
+
 export class Gate {
   #upstream: string | null;
   #engine: string | null = null;
   /** Where requests went before the engine went away; polled until it serves again. */
   #lost: string | null = null;
+  #lostEngine: string | null = null;
+  /** Why no engine serves after an explicit stop (null: not stopped). */
+  #stopped: string | null = null;
+  #shuttingDown = false;
+  #closedAt = 0;
   #closedTimer: ReturnType<typeof setTimeout> | undefined;
   #held: Waiter[] = [];
   #inFlight = 0;
+  /** The upstream requests now in flight, so that a swap can cut them off. */
+  #cuttable = new Set<AbortController>();
   #served = 0;
   #refused = 0;
   #idle: (() => void)[] = [];
@@ -147,16 +220,27 @@ export class Gate {
   #swaps = new Map<string, number>();
   #lastSwap: SwapRecord | null = null;
   #holdTimeoutMs: number;
+  /**
+   * One HTTP client per engine the gate opens to: a connection kept alive to an engine that has
+   * since been swapped out (or crashed) is never used again, so a request cannot be written into
+   * a dead engine's socket (and then not be known to be safe to send again).
+   */
+  #client: Deno.HttpClient | null = null;
+  readonly budget: ByteBudget;
   /** Called whenever a request starts to wait (on demand decides then whether to swap). */
   onHold: (() => void) | null = null;
 
-  constructor(
-    upstream: string | null,
-    readonly options: GateOptions,
-    readonly fetcher: typeof fetch = fetch,
-  ) {
+  constructor(upstream: string | null, readonly options: GateOptions) {
     this.#upstream = upstream;
     this.#holdTimeoutMs = options.holdTimeoutMs;
+    this.budget = new ByteBudget(options.maxBufferedBytes ?? MAX_BUFFERED_BYTES);
+    if (upstream !== null) this.#client = Deno.createHttpClient({});
+  }
+
+  /** Let go of the connections to the engine (tests; the gate process just exits). */
+  dispose(): void {
+    this.#client?.close();
+    this.#client = null;
   }
 
   counts(): GateCounts {
@@ -173,8 +257,22 @@ export class Gate {
     return this.#upstream === null ? null : this.#engine;
   }
 
+  /**
+   * The engine that serves or is about to serve again: the one the gate is open to, or the one
+   * it waits for after it went away (a crash, a restart). null: none (closed, or stopped).
+   */
+  target(): string | null {
+    if (this.#upstream !== null) return this.#engine;
+    return this.#lost !== null ? this.#lostEngine : null;
+  }
+
   isOpen(): boolean {
     return this.#upstream !== null;
+  }
+
+  /** Why nothing serves after `lychd stop` (null: not stopped). */
+  stopped(): string | null {
+    return this.#stopped;
   }
 
   lastSwap(): SwapRecord | null {
@@ -190,40 +288,94 @@ export class Gate {
   close(holdTimeoutMs?: number, upstream?: string): void {
     if (holdTimeoutMs !== undefined) this.#holdTimeoutMs = holdTimeoutMs;
     const back = upstream ?? this.#upstream ?? this.#lost;
+    const engine = this.target();
     this.#upstream = null;
     this.#lost = null;
+    this.#stopped = null;
+    this.#closedAt = Date.now();
     clearTimeout(this.#closedTimer);
     if (back && this.options.serving && holdTimeoutMs !== undefined) {
-      this.#closedTimer = setTimeout(() => this.recover(back, this.#engine), holdTimeoutMs);
+      this.#closedTimer = setTimeout(() => this.recover(back, engine), holdTimeoutMs);
     }
   }
 
   /**
    * Send to `upstream` from now on (`engine` names what serves there); the held requests that
-   * may go to it go first, in the order they came.
+   * may go to it go first, in the order they came. A held request that must go to another
+   * engine (it was refused by that one) is answered at once when nothing will bring that engine
+   * back (no on demand).
    */
   open(upstream: string, engine: string | null = this.#engine): void {
     clearTimeout(this.#closedTimer);
     this.#lost = null;
+    this.#stopped = null;
+    this.#client?.close();
+    this.#client = Deno.createHttpClient({});
     this.#upstream = upstream;
     this.#engine = engine;
     this.#holdTimeoutMs = this.options.holdTimeoutMs;
     const go = this.#held.filter((w) => w.wants === null || w.wants === engine);
-    this.#held = this.#held.filter((w) => !go.includes(w));
+    const orphans = this.onHold === null ? this.#held.filter((w) => !go.includes(w)) : [];
+    this.#held = this.#held.filter((w) => !go.includes(w) && !orphans.includes(w));
     for (const w of go) w.release(upstream);
+    for (const w of orphans) {
+      w.refuse(this.#refusal(
+        "engine_lost",
+        503,
+        `lychd: ${w.wants} no longer serves (${engine ?? "another engine"} does now); your ` +
+          `request never reached it and was not run: send it again`,
+        1,
+      ));
+    }
   }
 
   /**
    * Answer held requests with a 503 now: no engine will serve them (a failed swap). `wants`:
    * only those waiting for that engine.
    */
-  refuseHeld(message: string, wants?: string): void {
+  refuseHeld(message: string, wants?: string, reason: RefusalReason = "no_engine"): void {
     const gone = this.#held.filter((w) => wants === undefined || w.wants === wants);
     this.#held = this.#held.filter((w) => !gone.includes(w));
     for (const w of gone) {
-      this.#count(this.#refusals, "no_engine");
-      w.refuse(openAiError(503, `lychd: ${message}`, 10));
+      w.refuse(this.#refusal(reason, 503, `lychd: ${message}`, this.#retryAfterSec()));
     }
+  }
+
+  /**
+   * Nothing serves until a swap (`lychd stop`): every request, held or new, is answered at once
+   * with a 503 that says so. On demand still swaps for a request that names a model.
+   */
+  stop(message: string): void {
+    clearTimeout(this.#closedTimer);
+    this.#upstream = null;
+    this.#lost = null;
+    this.#stopped = message;
+    const gone = this.onHold === null ? this.#held : this.#held.filter((w) => w.wants === null);
+    this.#held = this.#held.filter((w) => !gone.includes(w));
+    for (const w of gone) w.refuse(this.#refusal("stopped", 503, `lychd: ${message}`));
+  }
+
+  /**
+   * The gate is about to exit (SIGTERM): held requests get a 503 at once, with a Retry-After
+   * for the restart; so do requests that arrive from now on. Requests in flight go on.
+   */
+  shutdown(): void {
+    this.#shuttingDown = true;
+    const gone = this.#held.splice(0);
+    for (const w of gone) {
+      w.refuse(this.#refusal("shutting_down", 503, "lychd: the gate is restarting", 2));
+    }
+  }
+
+  /**
+   * Abort every upstream request still in flight (a swap after its drain timeout): the old
+   * engine gets no client connection that keeps it from exiting, and each of those clients a
+   * 502 that says its request was cut off (or, mid-stream, the end of its stream).
+   */
+  cut(): number {
+    const n = this.#cuttable.size;
+    for (const c of this.#cuttable) c.abort("cut");
+    return n;
   }
 
   /** Held requests by the engine they want ("" = any), oldest first. */
@@ -264,74 +416,180 @@ export class Gate {
   }
 
   /**
+   * A request the gate answers itself, before any engine saw it (an API key missing, a body it
+   * cannot read): counted like every other answer.
+   */
+  answerOwn(refusal: Refusal): Response {
+    this.#refused++;
+    this.#count(this.#refusals, refusal.reason);
+    this.#count(this.#requests, `engine="",code="${refusal.response.status}"`);
+    return refusal.response;
+  }
+
+  /** Count an answer that is no refusal of the gate's (a 401 from the key check, say). */
+  countAnswer(status: number): void {
+    this.#count(this.#requests, `engine="",code="${status}"`);
+  }
+
+  /** Whether a request that must wait now would find room (on demand asks before it reads). */
+  queueFull(): Refusal | null {
+    if (this.#held.length < this.options.maxHeld) return null;
+    return this.#refusal(
+      "queue_full",
+      503,
+      `lychd: ${this.#held.length} requests are already waiting for the engine to be ready`,
+      this.#retryAfterSec(),
+    );
+  }
+
+  /**
    * `completed`: the server's promise that the response was sent (Deno.serve's
    * `info.completed`); with it the engine's body goes to the client untouched (Deno's fast path),
    * without it the body is piped through a stream that notices its end.
    * `wants`: the engine this request must be served by (on demand); null = the active one.
+   * `client`: the client's address, for X-Forwarded-For.
    */
   async handle(
     req: Request,
     completed?: Promise<void>,
     wants: string | null = null,
+    client?: string,
   ): Promise<Response> {
-    // A small body is read first: should the engine turn out to be gone, it can be sent again.
-    const length = Number(req.headers.get("content-length") ?? NaN);
-    const body: BodyInit | null = req.body === null
-      ? null
-      : length <= REPLAYABLE_BYTES
-      ? await req.arrayBuffer()
-      : req.body;
-    for (let attempt = 1;; attempt++) {
-      const direct = this.#upstream !== null && (wants === null || wants === this.#engine);
-      const t0 = performance.now();
-      const upstream = direct ? this.#upstream! : await this.#hold(wants);
-      if (upstream instanceof Response) {
-        this.#refused++;
-        this.#count(this.#requests, `engine="",code="${upstream.status}"`);
-        return upstream;
+    if (req.headers.get("upgrade")) {
+      return this.answerOwn(this.#refusal(
+        "bad_request",
+        501,
+        `lychd: the gate does not forward protocol upgrades (${
+          req.headers.get("upgrade")
+        }); use plain HTTP requests`,
+      ));
+    }
+    let body: BodyInit | null | undefined;
+    let buffered = 0;
+    let resent = false;
+    try {
+      for (;;) {
+        const own = this.#refuseNow(wants);
+        if (own) return this.answerOwn(own);
+        let upstream: string;
+        if (this.#upstream !== null && (wants === null || wants === this.#engine)) {
+          upstream = this.#upstream;
+        } else {
+          const held = await this.#hold(wants, req.signal);
+          if (held === "gone") return this.#clientGone();
+          if (typeof held !== "string") return this.answerOwn(held);
+          upstream = held;
+        }
+        if (body === undefined) {
+          // Read only now, once an engine takes it: a held request costs no body in memory.
+          const length = Number(req.headers.get("content-length") ?? NaN);
+          if (req.body !== null && length <= REPLAYABLE_BYTES && this.budget.take(length)) {
+            buffered = length;
+            try {
+              body = await req.arrayBuffer();
+            } catch {
+              return this.#clientGone(); // the upload was cut off: nobody to answer
+            }
+          } else body = req.body;
+        }
+        const replayable = !(body instanceof ReadableStream);
+        const engine = this.#engine;
+        const r = await this.#forward(
+          req,
+          body,
+          upstream,
+          completed,
+          !resent && replayable,
+          client,
+        );
+        if (r instanceof Response) return r;
+        // It never reached an engine: hold it, and send it once more, to the same engine only.
+        resent = true;
+        if (engine !== null) wants = engine;
+        // Open to it until now: find out when it serves again. Closed: a swap is under way and
+        // opens the gate itself.
+        if (this.#upstream !== null) this.recover(upstream, engine);
       }
-      if (!direct) this.#holdWait.observe((performance.now() - t0) / 1000);
-      const r = await this.#forward(req, body, upstream, completed, attempt < MAX_ATTEMPTS);
-      if (r !== "lost") return r;
-      // No answer at all: the engine is gone, or the connection was one kept alive to an engine
-      // that has since been swapped out. Hold the request and send it again once one serves.
-      this.recover(upstream, this.#engine);
+    } finally {
+      this.budget.give(buffered);
     }
   }
 
-  #hold(wants: string | null): Promise<string | Response> {
-    const timeoutMs = this.#holdTimeoutMs;
-    const retryAfter = Math.max(1, Math.ceil(timeoutMs / 1000));
-    if (this.#held.length >= this.options.maxHeld) {
-      this.#count(this.#refusals, "queue_full");
-      return Promise.resolve(openAiError(
-        503,
-        `lychd: ${this.#held.length} requests are already waiting for the engine to be ready`,
-        retryAfter,
-      ));
+  /** A 503 for a request that may not wait at all (stopped, shutting down), or null. */
+  #refuseNow(wants: string | null): Refusal | null {
+    if (this.#shuttingDown) {
+      return this.#refusal("shutting_down", 503, "lychd: the gate is restarting", 2);
     }
+    // On demand starts an engine for a request that names one, stopped or not.
+    if (this.#stopped !== null && (wants === null || this.onHold === null)) {
+      return this.#refusal("stopped", 503, `lychd: ${this.#stopped}`);
+    }
+    return null;
+  }
+
+  #refusal(
+    reason: RefusalReason,
+    status: number,
+    message: string,
+    retryAfterSec?: number,
+  ): Refusal {
+    return { reason, response: openAiError(status, message, retryAfterSec) };
+  }
+
+  #clientGone(): Response {
+    this.#count(this.#requests, `engine="",code="${CLIENT_GONE}"`);
+    return new Response(null, { status: CLIENT_GONE });
+  }
+
+  /**
+   * Seconds until an engine is likely to serve: what the last swap took (its phases), less the
+   * time the gate has been closed; never more than the hold itself.
+   */
+  #retryAfterSec(): number {
+    const swapSec = this.#lastSwap
+      ? Object.values(this.#lastSwap.phases).reduce((a, b) => a + b, 0)
+      : DEFAULT_SWAP_SEC;
+    const closedSec = this.#upstream === null && this.#closedAt
+      ? (Date.now() - this.#closedAt) / 1000
+      : 0;
+    const left = Math.max(1, Math.ceil(swapSec - closedSec));
+    return Math.min(left, Math.max(1, Math.ceil(this.#holdTimeoutMs / 1000)));
+  }
+
+  #hold(wants: string | null, signal: AbortSignal): Promise<string | Refusal | "gone"> {
+    const full = this.queueFull();
+    if (full) return Promise.resolve(full);
+    const timeoutMs = this.#holdTimeoutMs;
+    const t0 = performance.now();
     return new Promise((resolve) => {
-      const waiter: Waiter = {
-        wants,
-        since: Date.now(),
-        release: (u) => {
-          clearTimeout(timer);
-          resolve(u);
-        },
-        refuse: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
+      const done = (result: string | Refusal | "gone") => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", gone);
+        this.#holdWait.observe((performance.now() - t0) / 1000);
+        resolve(result);
+      };
+      const waiter: Waiter = { wants, since: Date.now(), release: done, refuse: done };
+      const leave = () => {
+        const i = this.#held.indexOf(waiter);
+        if (i >= 0) this.#held.splice(i, 1);
+      };
+      // A client that gave up leaves the queue at once: it holds no place, and on demand no
+      // longer counts it.
+      const gone = () => {
+        leave();
+        done("gone");
       };
       const timer = setTimeout(() => {
-        this.#held.splice(this.#held.indexOf(waiter), 1);
-        this.#count(this.#refusals, "hold_timeout");
-        resolve(openAiError(
+        leave();
+        done(this.#refusal(
+          "hold_timeout",
           503,
           `lychd: no engine was ready within ${timeoutMs / 1000} s`,
-          retryAfter,
+          this.#retryAfterSec(),
         ));
       }, timeoutMs);
+      if (signal.aborted) return gone();
+      signal.addEventListener("abort", gone, { once: true });
       this.#held.push(waiter);
       this.onHold?.();
     });
@@ -341,7 +599,10 @@ export class Gate {
   recover(upstream: string, engine: string | null): void {
     if (this.#lost !== null || !this.options.serving) return;
     this.#upstream = null;
+    this.#stopped = null;
     this.#lost = upstream;
+    this.#lostEngine = engine;
+    this.#closedAt = Date.now();
     const poll = async () => {
       if (this.#lost !== upstream) return; // a swap took over
       const found = await this.options.serving!(upstream).catch(() => false as const);
@@ -359,17 +620,21 @@ export class Gate {
     body: BodyInit | null,
     upstream: string,
     completed: Promise<void> | undefined,
-    mayRetry: boolean,
-  ): Promise<Response | "lost"> {
+    mayResend: boolean,
+    client: string | undefined,
+  ): Promise<Attempt> {
     const url = new URL(req.url);
     const engine = this.#engine ?? "";
+    const cut = new AbortController();
     this.#inFlight++;
+    this.#cuttable.add(cut);
     let done = false;
-    const finish = () => {
+    const finish = (served = true) => {
       if (done) return;
       done = true;
+      this.#cuttable.delete(cut);
       this.#inFlight--;
-      this.#served++;
+      if (served) this.#served++;
       if (this.#inFlight === 0) { for (const f of this.#idle.splice(0)) f(); }
     };
     let answer: Response;
@@ -380,53 +645,98 @@ export class Gate {
       // gzip header. Asking for the body as it is keeps bytes and headers together (on loopback
       // compression saves nothing anyway).
       headers.set("accept-encoding", "identity");
-      answer = await this.fetcher(`${upstream}${url.pathname}${url.search}`, {
+      forwardedHeaders(headers, req, url, client);
+      answer = await fetch(`${upstream}${url.pathname}${url.search}`, {
         method: req.method,
         headers,
         body,
-        // A client that goes away aborts the engine's work on its request.
-        signal: req.signal,
+        // A client that goes away aborts the engine's work on its request; so does a swap that
+        // cuts the requests it could not drain.
+        signal: AbortSignal.any([req.signal, cut.signal]),
         redirect: "manual",
+        ...(this.#client ? { client: this.#client } : {}),
       });
     } catch (e) {
-      done = true;
-      this.#inFlight--;
-      if (this.#inFlight === 0) { for (const f of this.#idle.splice(0)) f(); }
-      if (req.signal.aborted) return new Response(null, { status: 499 });
-      const replayable = !(body instanceof ReadableStream);
-      if (this.options.serving && replayable && mayRetry) return "lost";
-      this.#refused++;
-      this.#count(this.#refusals, "engine_error");
-      this.#count(this.#requests, `engine="${engine}",code="502"`);
-      return openAiError(502, `lychd: the engine did not answer: ${(e as Error).message}`);
+      finish(false);
+      if (req.signal.aborted) return this.#clientGone();
+      if (cut.signal.aborted) {
+        return this.#engineError(
+          engine,
+          502,
+          `lychd: the engine went away mid-request: ${engine || "it"} was stopped by a swap ` +
+            "after the drain timeout; your request may have been partly run and was not sent " +
+            "again",
+        );
+      }
+      if (neverConnected(e)) {
+        if (this.options.serving && mayResend) return { away: "refused" };
+        return this.#engineError(
+          engine,
+          503,
+          `lychd: the engine${engine ? ` ${engine}` : ""} refused the connection; your request ` +
+            "was not run",
+          this.#retryAfterSec(),
+        );
+      }
+      const cause = (e as { cause?: Error }).cause?.message ?? (e as Error).message;
+      return this.#engineError(
+        engine,
+        502,
+        `lychd: the engine went away mid-request (${
+          cause.replace(/^.*client error/, "client error")
+        }); ` +
+          "it may have run part of it, so lychd did not send it again",
+      );
+    }
+    if (answer.status === 503 && mayResend && this.options.serving) {
+      // The engine is there but not ready (llama.cpp: "Loading model"): it did not run the
+      // request. Hold it until the engine serves, as for a refused connection.
+      await answer.body?.cancel().catch(() => {});
+      finish(false);
+      return { away: "503" };
     }
     this.#count(this.#requests, `engine="${engine}",code="${answer.status}"`);
+    const location = answer.headers.get("location");
+    const relocated = location !== null && location.startsWith(upstream);
     if (!answer.body) {
       finish();
       return new Response(null, {
         status: answer.status,
-        headers: endToEndHeaders(answer.headers),
+        headers: clientHeaders(
+          answer.headers,
+          relocated ? url.origin + location!.slice(upstream.length) : null,
+        ),
       });
     }
     // In flight until the last byte is relayed (or the client leaves): what drain waits for.
     let out = answer.body;
     if (completed) {
-      completed.then(finish, finish);
+      completed.then(() => finish(), () => finish());
       // The engine's response as it came, when nothing in it belongs to this hop: Deno.serve
       // then relays it without a rebuilt Response (more requests per second under load,
       // docs/development.md "The gate's core, measured").
-      if (!HOP_BY_HOP.some((name) => answer.headers.has(name))) return answer;
+      if (!relocated && !HOP_BY_HOP.some((name) => answer.headers.has(name))) return answer;
     } else {
-      out = answer.body.pipeThrough(new TransformStream({ flush: finish }), {
+      out = answer.body.pipeThrough(new TransformStream({ flush: () => finish() }), {
         signal: req.signal,
       });
-      req.signal.addEventListener("abort", finish, { once: true });
+      req.signal.addEventListener("abort", () => finish(), { once: true });
     }
     return new Response(out, {
       status: answer.status,
       statusText: answer.statusText,
-      headers: endToEndHeaders(answer.headers),
+      headers: clientHeaders(
+        answer.headers,
+        relocated ? url.origin + location!.slice(upstream.length) : null,
+      ),
     });
+  }
+
+  #engineError(engine: string, status: number, message: string, retryAfter?: number): Response {
+    this.#refused++;
+    this.#count(this.#refusals, status === 503 ? "engine_lost" : "engine_error");
+    this.#count(this.#requests, `engine="${engine}",code="${status}"`);
+    return openAiError(status, message, retryAfter);
   }
 
   #count(map: Map<string, number>, key: string) {
@@ -449,11 +759,11 @@ export class Gate {
     family(
       "lychd_gate_hold_wait_seconds",
       "histogram",
-      "How long held requests waited for an engine.",
+      "How long held requests waited, until sent, refused, timed out or given up.",
     );
     lines.push(...this.#holdWait.lines("lychd_gate_hold_wait_seconds"));
     family("lychd_gate_refused_total", "counter", "Requests the gate failed itself, by reason.");
-    for (const reason of ["queue_full", "hold_timeout", "no_engine", "engine_error"]) {
+    for (const reason of REFUSAL_REASONS) {
       lines.push(
         `lychd_gate_refused_total{reason="${reason}"} ${this.#refusals.get(reason) ?? 0}`,
       );
@@ -466,4 +776,25 @@ export class Gate {
     }
     return lines.join("\n") + "\n";
   }
+}
+
+/**
+ * X-Forwarded-For/-Proto/-Host, as a proxy in front of a web server sends them: the engine (and
+ * its logs) see who asked and under which name, and can build links that work from outside.
+ */
+function forwardedHeaders(headers: Headers, req: Request, url: URL, client?: string): void {
+  if (client !== undefined) {
+    const before = req.headers.get("x-forwarded-for");
+    headers.set("x-forwarded-for", before ? `${before}, ${client}` : client);
+  }
+  headers.set("x-forwarded-proto", url.protocol.replace(":", ""));
+  const host = req.headers.get("host");
+  if (host) headers.set("x-forwarded-host", host);
+}
+
+/** The engine's headers for the client; a redirect to the engine's own address points at 8081. */
+function clientHeaders(headers: Headers, location: string | null): Headers {
+  const out = endToEndHeaders(headers);
+  if (location !== null) out.set("location", location);
+  return out;
 }

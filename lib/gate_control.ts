@@ -12,6 +12,8 @@
  *   POST /open {engine, swap?}   -> send to the engine (held requests first); record the swap
  *   POST /recover {engine}  -> open to the engine once it serves (swap --no-wait)
  *   POST /refuse {message, swap?} -> 503 to every held request: no engine will serve them
+ *   POST /stop {message}    -> nothing serves (lychd stop): 503 to every request, at once
+ *   POST /cut               -> abort the requests still in flight (a drain that timed out)
  */
 import type { Gate, GateCounts, SwapRecord } from "./gate.ts";
 import { CONTROL_READY, type Host } from "./host.ts";
@@ -21,6 +23,8 @@ export interface GateStatus {
   open: boolean;
   /** The engine requests go to (null while closed or not known). */
   engine: string | null;
+  /** Why nothing serves after `lychd stop` (null: not stopped); requests get a 503 at once. */
+  stopped: string | null;
   counts: GateCounts;
   /** Held requests by the engine they wait for (on demand); "" = any. */
   heldFor: Record<string, number>;
@@ -60,12 +64,22 @@ export class GateClient {
   }
 
   /** Open to `engine` as soon as it serves (swap --no-wait). */
-  recover(engine: string): Promise<boolean> {
+  recover(engine: string | null): Promise<boolean> {
     return this.#post("/recover", { engine });
   }
 
   refuse(message: string, swap?: SwapRecord): Promise<boolean> {
     return this.#post("/refuse", { message, swap });
+  }
+
+  /** Nothing serves from now on (lychd stop): every request gets a 503 with `message`. */
+  stop(message: string): Promise<boolean> {
+    return this.#post("/stop", { message });
+  }
+
+  /** Abort the requests still in flight (the drain timed out; the old engine is stopped next). */
+  cut(): Promise<boolean> {
+    return this.#post("/cut", {});
   }
 
   async #post(path: string, body: unknown): Promise<boolean> {
@@ -113,6 +127,12 @@ export async function controlRequest(
     case "/recover":
       gate.recover(upstream, typeof body.engine === "string" ? body.engine : null);
       return json(gateStatus(gate, since));
+    case "/stop":
+      gate.stop(String(body.message ?? "no engine is active"));
+      return json(gateStatus(gate, since));
+    case "/cut":
+      gate.cut();
+      return json(gateStatus(gate, since));
     case "/refuse":
       if (swap) gate.recordSwap(swap);
       gate.refuseHeld(String(body.message ?? "no engine serves"));
@@ -130,6 +150,7 @@ export function gateStatus(gate: Gate, since: number): GateStatus {
   return {
     open: gate.isOpen(),
     engine: gate.engine(),
+    stopped: gate.stopped(),
     counts: gate.counts(),
     heldFor,
     lastSwap: gate.lastSwap(),

@@ -5,12 +5,24 @@
  * the GPU: an engine that just became active stays at least `minResidencyMs` while requests for
  * it keep coming (one came within the last IDLE_MS, or one is in flight); requests for other
  * models are held meanwhile. docs/gate.md says how many swaps that allows.
+ *
+ * An engine whose swap failed is not tried again at once: any API user could otherwise take the
+ * working engine away, again and again, by naming a model that cannot start. It is refused with a
+ * 503 for a back-off that doubles with each failure (BACKOFF_MS up to BACKOFF_MAX_MS).
  */
-import { type Gate, REPLAYABLE_BYTES } from "./gate.ts";
+import { CLIENT_GONE, type Gate, openAiError } from "./gate.ts";
+import { scanModel } from "./model_scan.ts";
 import type { Engine } from "./units/model.ts";
 
 /** An engine with no request for this long (and none in flight) may be swapped out at once. */
 export const IDLE_MS = 2000;
+
+/** How long a request body is read for its `model` at most (an image request is large). */
+export const MODEL_SCAN_BYTES = 32 << 20;
+
+/** After a failed swap to an engine: refused for this long, doubling with each failure. */
+export const BACKOFF_MS = 30_000;
+export const BACKOFF_MAX_MS = 15 * 60_000;
 
 export interface OnDemandOptions {
   minResidencyMs: number;
@@ -20,6 +32,12 @@ export interface OnDemandOptions {
   now?: () => number;
 }
 
+interface Failed {
+  count: number;
+  /** Refused until then (ms, `now()`'s clock). */
+  until: number;
+}
+
 export class OnDemand {
   #byModel = new Map<string, string[]>();
   #activeSince: number;
@@ -27,6 +45,7 @@ export class OnDemand {
   #swapping = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #now: () => number;
+  #failed = new Map<string, Failed>();
   /** Swaps started, for tests and the log. */
   swaps = 0;
 
@@ -48,40 +67,103 @@ export class OnDemand {
    */
   engineFor(model: string): string | null {
     const names = this.#byModel.get(model) ?? [];
-    const current = this.gate.engine();
+    const current = this.gate.target();
     return current !== null && names.includes(current) ? current : names[0] ?? null;
   }
 
-  async handle(req: Request, completed?: Promise<void>): Promise<Response> {
+  async handle(req: Request, completed?: Promise<void>, client?: string): Promise<Response> {
     const url = new URL(req.url);
     if (req.method === "GET" && url.pathname === "/v1/models") return this.models();
     let wants: string | null = null;
     let forward = req;
-    const length = Number(req.headers.get("content-length") ?? NaN);
-    if (req.method === "POST" && req.body !== null && length <= REPLAYABLE_BYTES) {
-      const body = await req.arrayBuffer();
-      const model = modelOf(body);
-      wants = model === null ? null : this.engineFor(model);
-      forward = new Request(req.url, {
-        method: req.method,
-        headers: req.headers,
-        body,
-        signal: req.signal,
-      });
+    let buffered = 0;
+    try {
+      if (req.method === "POST" && req.body !== null && isJson(req)) {
+        // A request that would have to wait finds out first whether there is room.
+        const full = this.gate.isOpen() ? null : this.gate.queueFull();
+        if (full) return this.gate.answerOwn(full);
+        if (!this.gate.budget.take(MODEL_SCAN_BYTES)) {
+          return this.gate.answerOwn({
+            reason: "buffer_full",
+            response: openAiError(503, "lychd: the gate holds too many request bodies", 1),
+          });
+        }
+        buffered = MODEL_SCAN_BYTES;
+        let found;
+        try {
+          found = await scanModel(req.body, MODEL_SCAN_BYTES);
+        } catch {
+          // The upload was cut off: the client has gone, nobody reads an answer.
+          this.gate.countAnswer(CLIENT_GONE);
+          return new Response(null, { status: CLIENT_GONE });
+        }
+        this.gate.budget.give(MODEL_SCAN_BYTES - found.read);
+        buffered = found.read;
+        // A form post may carry anything: it goes to the active engine, as a request without
+        // a model does.
+        if ("error" in found.scan && isForm(req)) found.scan = { model: null };
+        if ("error" in found.scan) {
+          return this.gate.answerOwn({
+            reason: "bad_request",
+            response: openAiError(
+              400,
+              `lychd: cannot tell which model to serve: ${found.scan.error}`,
+            ),
+          });
+        }
+        const model = found.scan.model;
+        wants = model === null ? null : this.engineFor(model);
+        forward = new Request(req.url, {
+          method: req.method,
+          headers: req.headers,
+          body: found.body,
+          signal: req.signal,
+        });
+      }
+      if (wants !== null) {
+        const refused = this.#backingOff(wants);
+        if (refused) return this.gate.answerOwn({ reason: "backoff", response: refused });
+      }
+      this.#lastFor.set(wants ?? this.gate.target() ?? "", this.#now());
+      return await this.gate.handle(forward, completed, wants, client);
+    } finally {
+      this.gate.budget.give(buffered);
     }
-    const current = this.gate.engine();
-    this.#lastFor.set(wants ?? current ?? "", this.#now());
-    return await this.gate.handle(forward, completed, wants);
+  }
+
+  /** A 503 for a request that wants an engine whose swap failed a short while ago, or null. */
+  #backingOff(engine: string): Response | null {
+    const f = this.#failed.get(engine);
+    const now = this.#now();
+    if (!f || now >= f.until || engine === this.gate.target()) return null;
+    const sec = Math.ceil((f.until - now) / 1000);
+    return openAiError(
+      503,
+      `lychd: the swap to ${engine} failed ${f.count === 1 ? "once" : `${f.count} times`}; ` +
+        `lychd tries it again in ${sec} s (see \`lychd status\` and \`lychd logs ${engine}\`)`,
+      sec,
+    );
   }
 
   /** Swap to the engine the oldest held request wants, once the active one may be swapped out. */
   schedule(): void {
     if (this.#swapping) return;
     clearTimeout(this.#timer);
-    const current = this.gate.engine();
+    // The engine that serves, or the one the gate waits for after a crash: no swap to it.
+    const current = this.gate.target();
     const waiting = this.gate.heldFor().filter((h) => h.wants !== null && h.wants !== current);
     if (waiting.length === 0) return;
     const target = waiting[0].wants!;
+    const refused = this.#backingOff(target);
+    if (refused) {
+      this.gate.refuseHeld(
+        `the swap to ${target} failed a short while ago; see \`lychd status\``,
+        target,
+        "backoff",
+      );
+      this.schedule();
+      return;
+    }
     const now = this.#now();
     const resident = now - this.#activeSince;
     const busy = current !== null &&
@@ -98,7 +180,15 @@ export class OnDemand {
     this.options.swap(target).then((ok) => ok, () => false).then((ok) => {
       this.#swapping = false;
       this.#activeSince = this.#now();
-      if (!ok) {
+      if (ok) this.#failed.delete(target);
+      else {
+        const count = (this.#failed.get(target)?.count ?? 0) + 1;
+        const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_MS * 2 ** (count - 1));
+        this.#failed.set(target, { count, until: this.#now() + backoff });
+        this.options.log(
+          `on demand: the swap to ${target} failed (${count} in a row); refusing it for ` +
+            `${backoff / 1000} s`,
+        );
         this.gate.refuseHeld(`the swap to ${target} failed; see \`lychd status\``, target);
       }
       this.schedule();
@@ -122,11 +212,14 @@ export class OnDemand {
   }
 }
 
-function modelOf(body: ArrayBuffer): string | null {
-  try {
-    const model = JSON.parse(new TextDecoder().decode(body))?.model;
-    return typeof model === "string" ? model : null;
-  } catch {
-    return null;
-  }
+/** JSON, no content type, or a form post (`curl -d '{...}'` sends JSON as one). */
+function isJson(req: Request): boolean {
+  const type = (req.headers.get("content-type") ?? "").toLowerCase();
+  return type === "" || type.includes("json") || isForm(req);
+}
+
+function isForm(req: Request): boolean {
+  return (req.headers.get("content-type") ?? "").toLowerCase().startsWith(
+    "application/x-www-form-urlencoded",
+  );
 }

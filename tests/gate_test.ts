@@ -309,11 +309,23 @@ Deno.test("gate: drain waits for a stream that is still being relayed", async ()
   });
 });
 
-Deno.test("gate: an engine that does not answer is a 502 in the same error shape", async () => {
-  const gate = new Gate("http://127.0.0.1:9", { holdTimeoutMs: 1000, maxHeld: 1 });
-  const r = await gate.handle(new Request("http://127.0.0.1:8081/v1/models"));
-  assertEquals(r.status, 502);
-  const body = await r.json();
-  assertEquals(body.error.code, 502);
-  assertMatch(body.error.message, /the engine did not answer/);
+Deno.test("gate: an engine that refuses the connection is a 503 in the same error shape, saying the request was not run", async () => {
+  const gate = new Gate(`http://127.0.0.1:${closedPort()}`, { holdTimeoutMs: 1000, maxHeld: 1 });
+  try {
+    const r = await gate.handle(new Request("http://127.0.0.1:8081/v1/models"));
+    assertEquals(r.status, 503);
+    const body = await r.json();
+    assertEquals(body.error.code, 503);
+    assertMatch(body.error.message, /refused the connection; your request was not run/);
+  } finally {
+    gate.dispose();
+  }
 });
+
+/** A loopback port nothing listens on (it was just free). */
+export function closedPort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}

@@ -18,7 +18,8 @@ import {
   unitValues,
 } from "./support/units.ts";
 import { resolveConfig } from "../lib/config/load.ts";
-import { ConfigError } from "../lib/errors.ts";
+import { ConfigError, LychdError } from "../lib/errors.ts";
+import { EXIT } from "../lib/exit.ts";
 import { Gate } from "../lib/gate.ts";
 import { controlRequest } from "../lib/gate_control.ts";
 import { OnDemand } from "../lib/on_demand.ts";
@@ -405,16 +406,46 @@ Deno.test("swap behind the gate: interrupted, it hands the held requests to the 
   assertDeep(recover.body, { engine: "vllm" });
 });
 
-Deno.test("swap behind the gate: no gate running is said, and the swap goes on", async () => {
+Deno.test("swap behind the gate: a gate that does not run (stop --all) is started first; ready means 8081 serves", async () => {
+  const fs = await behindGate([0], CPU_ENGINES());
+  fs.stop("lychd-gate.service"); // lychd stop --all
+  fs.host.calls.length = 0;
+  // The gate answers its control folder only once systemd has started it.
+  const answer = (fs.host as unknown as { options: { control: unknown } }).options.control as (
+    m: string,
+    p: string,
+  ) => unknown;
+  (fs.host as unknown as { options: { control: unknown } }).options.control = (
+    m: string,
+    p: string,
+  ) => fs.state("lychd-gate.service").state === "active" ? answer(m, p) : { error: "refused" };
+  assertEquals(await swap(fs.host, swapOpts("vllm")), 0, fs.host.stderr);
+  assertMatch(fs.host.stderr, /the gate was not running: started it/);
+  const starts = fs.host.calls.filter((c) => c.includes("start lychd-gate.service"));
+  assertEquals(starts.length, 1, fs.host.calls.join("\n"));
+  // Started before anything else of the swap happened, and opened to vllm at its end.
+  const gateStart = fs.host.calls.findIndex((c) => c.includes("start lychd-gate.service"));
+  const engineStart = fs.host.calls.findIndex((c) => c.includes("start soulstone-vllm.service"));
+  assert(gateStart >= 0 && gateStart < engineStart, fs.host.calls.join("\n"));
+  const open = fs.host.controls.at(-1)!;
+  assertEquals(open.path, "/open");
+  assertEquals((open.body as { engine: string }).engine, "vllm");
+});
+
+Deno.test("swap behind the gate: a gate that will not start fails the swap before any engine changes", async () => {
   const fs = await behindGate([0], CPU_ENGINES());
   (fs.host as unknown as { options: { control: unknown } }).options.control = () => ({
     error: "refused",
   });
-  assertEquals(await swap(fs.host, swapOpts("vllm")), 0, fs.host.stderr);
+  const error = await swap(fs.host, swapOpts("vllm")).then(() => null, (e) => e);
+  assert(error instanceof LychdError, String(error));
+  assertEquals(error.exitCode, EXIT.NOT_SERVING);
   assertMatch(
-    fs.host.stderr,
-    /the gate does not run: requests on http:\/\/127\.0\.0\.1:8081 are not held/,
+    error.message,
+    /the gate \(lychd-gate\.service\) was started but did not answer within 30 s/,
   );
+  assertEquals(fs.state("soulstone-llama.service").state, "active");
+  assertEquals(fs.state("soulstone-vllm.service").state, "inactive");
 });
 
 Deno.test("gate API keys: a 0600 file of keys, Bearer only, loopback trusted; a file others can read is refused", async () => {

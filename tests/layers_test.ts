@@ -35,6 +35,7 @@ const LAYERS: string[][] = [
     "systemctl.ts",
     "gpu.ts",
     "gate.ts",
+    "model_scan.ts",
     "gate_control.ts",
     "on_demand.ts",
   ],

@@ -58,8 +58,17 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
       return { engine: engine.name };
     },
   });
-  gate.open(upstream, running);
-  const keys = await apiKeys(host, config);
+  // Open only once the engine really serves (probed): a loading llama.cpp answers 503, which
+  // no client should see.
+  gate.recover(upstream, running);
+  let keys = await apiKeys(host, config);
+  // A key added or revoked takes effect without a restart (which would cut requests in flight).
+  Deno.addSignalListener("SIGHUP", () => {
+    apiKeys(host, config).then((k) => {
+      keys = k;
+      host.err(`lychd gate: SIGHUP: ${k?.length ?? 0} API keys read\n`);
+    }, (e) => host.err(`lychd gate: SIGHUP: keeping the old API keys: ${(e as Error).message}\n`));
+  });
   const since = Date.now();
   const onDemand = config.gate.onDemand
     ? new OnDemand(gate, engines, {
@@ -85,9 +94,15 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
     hostname,
     port: STANDARD_PORT,
     onListen: () => host.err(`lychd gate: ${hostname}:${STANDARD_PORT} -> ${upstream}\n`),
+    // One line, not a stack trace: a client that cuts its upload off is an everyday event.
+    onError: (e) => {
+      host.err(`lychd gate: ${(e as Error)?.message ?? e}\n`);
+      return openAiError(500, "lychd: the gate failed on this request");
+    },
   }, (req, info) => {
     const remote = (info.remoteAddr as Deno.NetAddr).hostname;
     if (keys && !isLoopback(remote) && !authorized(req, keys)) {
+      gate.countAnswer(401);
       return openAiError(401, "lychd: a valid API key is required (Authorization: Bearer KEY)");
     }
     if (new URL(req.url).pathname === GATE_METRICS_PATH) {
@@ -95,14 +110,20 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
         headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     }
-    return onDemand ? onDemand.handle(req, info.completed) : gate.handle(req, info.completed);
+    return onDemand
+      ? onDemand.handle(req, info.completed, remote)
+      : gate.handle(req, info.completed, null, remote);
   });
 
   const stop = new Promise<string>((resolve) => {
     for (const s of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(s, () => resolve(s));
   });
   const signal = await stop;
-  host.err(`lychd gate: ${signal}: letting ${gate.counts().inFlight} requests finish\n`);
+  host.err(
+    `lychd gate: ${signal}: ${gate.counts().held} held requests answered 503 (restarting), ` +
+      `letting ${gate.counts().inFlight} requests in flight finish\n`,
+  );
+  gate.shutdown();
   stopping = true;
   await Promise.all([front.shutdown(), control]);
   return EXIT.OK;
@@ -118,7 +139,7 @@ async function activeEngine(host: Host, scope: string[], names: string[]): Promi
 }
 
 /** The keys file: one key per line, owner-only (a key readable by others is no secret). */
-export async function apiKeys(host: Host, config: LychdConfig): Promise<Set<string> | null> {
+export async function apiKeys(host: Host, config: LychdConfig): Promise<string[] | null> {
   // validateConfig requires a file with listen: all; on loopback alone there may be none.
   const file = config.gate.apiKeysFile;
   if (file === null) return null;
@@ -131,16 +152,29 @@ export async function apiKeys(host: Host, config: LychdConfig): Promise<Set<stri
     );
   }
   const text = new TextDecoder().decode((await host.readFile(file))!);
-  const keys = new Set(
-    text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#")),
-  );
-  if (keys.size === 0) throw new LychdError(`gate.api_keys_file ${file} holds no key`);
+  const keys = [
+    ...new Set(text.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"))),
+  ];
+  if (keys.length === 0) throw new LychdError(`gate.api_keys_file ${file} holds no key`);
   return keys;
 }
 
-export function authorized(req: Request, keys: Set<string>): boolean {
+export function authorized(req: Request, keys: string[]): boolean {
   const m = (req.headers.get("authorization") ?? "").match(/^Bearer\s+(\S+)$/i);
-  return m !== null && keys.has(m[1]);
+  if (m === null) return false;
+  // Every key is compared in full, whatever matches: the time taken says nothing about a key.
+  let found = false;
+  for (const key of keys) found = sameSecret(m[1], key) || found;
+  return found;
+}
+
+/** Constant-time for strings of one length (the length itself is no secret worth hiding). */
+export function sameSecret(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < y.length; i++) diff |= (x[i] ?? 0) ^ y[i];
+  return diff === 0;
 }
 
 export function isLoopback(address: string): boolean {

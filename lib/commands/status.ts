@@ -70,6 +70,8 @@ export interface StatusReport {
     running: boolean;
     open: boolean;
     engine: string | null;
+    /** After `lychd stop`: why nothing serves (requests get a 503 at once); null otherwise. */
+    stopped: string | null;
     held: number;
     inFlight: number;
     served: number;
@@ -186,6 +188,7 @@ async function gateReport(
     running: g !== null,
     open: g?.open ?? false,
     engine: g?.engine ?? null,
+    stopped: g?.stopped ?? null,
     held: g?.counts.held ?? 0,
     inFlight: g?.counts.inFlight ?? 0,
     served: g?.counts.served ?? 0,
@@ -243,7 +246,11 @@ function describe(r: StatusReport): string {
     lines.push(
       g.running
         ? `  gate: ${g.unit} ${g.state}, ${
-          g.open ? `open to ${g.engine ?? "the engine port"}` : "holding requests"
+          g.open
+            ? `open to ${g.engine ?? "the engine port"}`
+            : g.stopped !== null
+            ? `answering 503 at once (${g.stopped})`
+            : "holding requests"
         }: ${g.held} held, ${g.inFlight} in flight, ${g.served} served, ${g.refused} refused`
         : `  gate: ${g.unit} ${g.state}, NOT answering: nothing serves ${r.endpoint}`,
     );

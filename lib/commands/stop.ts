@@ -2,7 +2,8 @@
 import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import type { Host } from "../host.ts";
-import { openSetup } from "../setup.ts";
+import { lychdLine, openSetup } from "../setup.ts";
+import { controlFolder, GateClient } from "../gate_control.ts";
 import { systemctl } from "../systemctl.ts";
 import { GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
@@ -21,7 +22,22 @@ export async function stop(host: Host, options: StopOptions): Promise<number> {
     units.push("scribe.service", "harvester.service");
     if (config.gate.enabled) units.push(GATE_SERVICE);
   }
-  await systemctl(host, loc.systemctlScope, "stop", ...units);
+  // Behind the gate, clients learn at once that nothing serves, rather than waiting out the
+  // hold for an engine that nobody starts.
+  const folder = config.gate.enabled && !options.all ? controlFolder(loc) : null;
+  const gate = folder === null ? null : new GateClient(host, folder);
+  await gate?.stop(
+    `no engine is active (stopped by \`lychd stop\`): start one with \`${
+      lychdLine(setup, "swap ENGINE")
+    }\``,
+  );
+  try {
+    await systemctl(host, loc.systemctlScope, "stop", ...units);
+  } catch (e) {
+    // Whatever still runs is served again.
+    await gate?.recover(null);
+    throw e;
+  }
   host.out(`Stopped ${options.all ? "every lychd unit" : "the engine"}: ${units.join(" ")}\n`);
   if (!options.all) {
     host.out(

@@ -29,7 +29,7 @@ import { describeHolders, waitForGpuMemory } from "../gpu.ts";
 import { controlFolder, GateClient } from "../gate_control.ts";
 import type { SwapRecord } from "../gate.ts";
 import type { LychdConfig } from "../config/types.ts";
-import { type Engine, resolveEngines, soulstoneService } from "../units/model.ts";
+import { type Engine, GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface SwapOptions {
   config: ConfigOptions;
@@ -141,10 +141,8 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
   });
   gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
-  const t0 = host.now();
-  let result: Outcome;
   try {
-    result = await switchTo(
+    return await switchBehindGate(
       host,
       setup,
       text,
@@ -154,10 +152,44 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
       previous,
       stale,
       progress,
+      gate,
     );
+  } catch (e) {
+    // Whatever ended the swap, the gate is not left closed for its whole hold: it opens to the
+    // engine that serves as soon as one does.
+    await gate?.client.recover(null);
+    throw e;
   } finally {
     stopListening();
   }
+}
+
+/** The swap itself, once the gate (if any) holds requests: switch, report, roll back. */
+async function switchBehindGate(
+  host: Host,
+  setup: Setup,
+  text: string,
+  bootBefore: string,
+  options: SwapOptions,
+  target: Engine,
+  previous: Engine | null,
+  stale: boolean,
+  progress: Progress,
+  gate: HeldAtGate | null,
+): Promise<number> {
+  const scope = setup.loc.systemctlScope;
+  const t0 = host.now();
+  const result = await switchTo(
+    host,
+    setup,
+    text,
+    bootBefore,
+    options,
+    target,
+    previous,
+    stale,
+    progress,
+  );
   const record = (to: string, result: SwapRecord["result"], phases: Record<string, number>) => ({
     from: previous?.name ?? null,
     to,
@@ -168,7 +200,16 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   if (result.ok) {
     if (gate) {
       if (options.wait) {
-        await gate.client.open(target.name, record(target.name, "ok", result.phases));
+        const opened = await openGate(
+          host,
+          gate.client,
+          target.name,
+          record(target.name, "ok", result.phases),
+        );
+        if (!opened) {
+          host.err(gateLost(setup, target.name));
+          return EXIT.NOT_SERVING;
+        }
       } else await gate.client.recover(target.name);
     }
     // Clients waited from the drain's start: the line counts it when it waited for requests.
@@ -216,7 +257,13 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     false,
   );
   if (back.ok) {
-    await gate?.client.open(previous.name, record(target.name, "rolled-back", back.phases));
+    const opened = gate === null || await openGate(
+      host,
+      gate.client,
+      previous.name,
+      record(target.name, "rolled-back", back.phases),
+    );
+    if (!opened) host.err(gateLost(setup, previous.name));
     host.err(
       `${
         report(previous.name, back)
@@ -279,6 +326,34 @@ function report(
   return `${engine} ready in ${fmt((drained?.ms ?? 0) + ready.ms)} (${steps.join(", ")})`;
 }
 
+/**
+ * Open the gate to `engine`; a gate that was restarted during the swap is waited for (systemd
+ * restarts it within seconds) and opened in turn. false: no gate answered.
+ */
+async function openGate(
+  host: Host,
+  client: GateClient,
+  engine: string,
+  record: SwapRecord,
+): Promise<boolean> {
+  const deadline = host.now() + GATE_START_MS;
+  for (;;) {
+    if (await client.open(engine, record)) return true;
+    if (host.now() >= deadline) return false;
+    await host.sleep(250);
+  }
+}
+
+function gateLost(setup: Setup, engine: string): string {
+  return `${engine} serves on its engine port, but the gate did not answer, so ${BASE_URL} may ` +
+    `not serve it: see \`${lychdLine(setup, "status")}\` and \`${
+      lychdLine(setup, "logs gate")
+    }\`.\n`;
+}
+
+/** How long a gate that is (re)starting has to answer on its control folder. */
+const GATE_START_MS = 30_000;
+
 interface HeldAtGate {
   client: GateClient;
   /** Seconds the drain took (undefined: no drain). */
@@ -305,16 +380,19 @@ async function holdAtGate(
 ): Promise<HeldAtGate | null> {
   if (!config.gate.enabled) return null;
   const folder = controlFolder(setup.loc);
-  const client = folder === null ? null : new GateClient(host, folder);
-  if (client === null || (await client.status()) === null) {
+  if (folder === null) {
+    // A session without XDG_RUNTIME_DIR cannot reach a user gate; the gate itself finds the new
+    // engine once it serves (it holds what the old one refused).
     progress.note(
-      `the gate does not run: requests on ${BASE_URL} are not held through this swap ` +
-        `(start it: ${
-          ["systemctl", ...setup.loc.systemctlScope, "start lychd-gate.service"].join(" ")
-        })`,
+      "XDG_RUNTIME_DIR is not set, so the gate's control folder cannot be reached: requests on " +
+        `${BASE_URL} are not drained through this swap`,
     );
     return null;
   }
+  const client = new GateClient(host, folder);
+  // After `lychd stop --all` the gate is down too: 8081 would refuse every client, whatever
+  // the engine does. A swap brings it back first.
+  if ((await client.status()) === null) await startGate(host, setup, client, progress);
   const holdSec = (options.timeoutSec ?? target.settings.startTimeoutSec) +
     (previous?.settings.stopTimeoutSec ?? 0) + 30;
   await client.close(holdSec * 1000);
@@ -342,9 +420,12 @@ async function holdAtGate(
     }
     if (host.now() - t0 >= limitMs) {
       progress.note(
-        `drain timeout (${fmt(limitMs)}): stopping ${previous.name} with ${inFlight} requests ` +
-          "still in flight",
+        `drain timeout (${fmt(limitMs)}): cutting off ${inFlight} requests still in flight, ` +
+          `then stopping ${previous.name}`,
       );
+      // Cut by the gate, those clients get a 502 that says so, and the old engine no client
+      // connection that keeps it from exiting (llama.cpp ignores SIGTERM while one is open).
+      await client.cut();
       break;
     }
     progress.tick();
@@ -353,6 +434,35 @@ async function holdAtGate(
   const drainSec = (host.now() - t0) / 1000;
   if (inFlight > 0) progress.note(`drained ${previous.name} in ${fmt(drainSec * 1000)}`);
   return { client, drainSec, drainWaited: inFlight > 0 };
+}
+
+/** Start lychd-gate.service and wait until it answers on its control folder; or say why not. */
+async function startGate(host: Host, setup: Setup, client: GateClient, progress: Progress) {
+  progress.phase(`starting the gate (${GATE_SERVICE}), which was not running`);
+  const scope = setup.loc.systemctlScope;
+  try {
+    await systemctl(host, scope, "start", GATE_SERVICE);
+  } catch (e) {
+    throw new LychdError(
+      `the gate (${GATE_SERVICE}) does not run and would not start, so nothing could serve on ` +
+        `${BASE_URL}: ${(e as Error).message}. See \`${lychdLine(setup, "logs gate")}\`.`,
+      EXIT.NOT_SERVING,
+    );
+  }
+  const deadline = host.now() + GATE_START_MS;
+  while ((await client.status()) === null) {
+    if (host.now() >= deadline) {
+      const state = (await showUnits(host, scope, [GATE_SERVICE], ["ActiveState"]))[GATE_SERVICE];
+      throw new LychdError(
+        `the gate (${GATE_SERVICE}) was started but did not answer within ` +
+          `${GATE_START_MS / 1000} s (it is ${state?.ActiveState ?? "unknown"}); see ` +
+          `\`${lychdLine(setup, "logs gate")}\`.`,
+        EXIT.NOT_SERVING,
+      );
+    }
+    await host.sleep(100);
+  }
+  progress.note("the gate was not running: started it");
 }
 
 /**

@@ -1,0 +1,185 @@
+/**
+ * On demand needs the `model` of a request before it can choose an engine, but a request body may
+ * be large (an image, base64 in `messages`) and OpenAI's own client writes `messages` before
+ * `model`. So the body is scanned as it arrives, byte by byte, for the top-level `model` key only:
+ * nested objects, arrays and strings are skipped without being parsed or kept apart from the
+ * bytes themselves, which are forwarded unchanged. Every JSON delimiter is ASCII and no UTF-8
+ * multi-byte sequence contains an ASCII byte, so bytes suffice.
+ */
+
+/** The outcome: the model named (null: the body names none), or why it cannot be known. */
+export type ModelScan =
+  | { model: string | null }
+  | { error: string };
+
+const QUOTE = 0x22, BACKSLASH = 0x5c, COLON = 0x3a, COMMA = 0x2c;
+const OPEN_OBJECT = 0x7b, CLOSE_OBJECT = 0x7d, OPEN_ARRAY = 0x5b, CLOSE_ARRAY = 0x5d;
+
+/** A key longer than this is not "model"; a model id longer than this is refused. */
+const MAX_TOKEN = 4096;
+
+function isSpace(b: number): boolean {
+  return b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
+}
+
+/**
+ * Feed it the body's chunks; it answers as soon as it knows (`model`'s value was read, or the
+ * top-level object ended without one), or with an error for a body that is not a JSON object.
+ */
+export class ModelScanner {
+  #depth = 0;
+  #inString = false;
+  #escaped = false;
+  /** The bytes of the string being read at depth 1 (a key, or model's value). */
+  #token: number[] | null = null;
+  #tokenTooLong = false;
+  /** At depth 1: expecting a key (true) or a value (false). */
+  #expectKey = true;
+  #lastKey: string | null = null;
+  #started = false;
+  #result: ModelScan | null = null;
+
+  result(): ModelScan | null {
+    return this.#result;
+  }
+
+  feed(chunk: Uint8Array): ModelScan | null {
+    for (let i = 0; i < chunk.length && this.#result === null; i++) this.#byte(chunk[i]);
+    return this.#result;
+  }
+
+  /** The body ended: what was found, or why nothing could be. */
+  end(): ModelScan {
+    if (this.#result) return this.#result;
+    this.#result = this.#started
+      ? { error: "the JSON body ended before its top-level object closed" }
+      : { error: "the body is empty" };
+    return this.#result;
+  }
+
+  #byte(b: number): void {
+    if (!this.#started) {
+      if (isSpace(b)) return;
+      if (b !== OPEN_OBJECT) {
+        this.#result = { error: "the body is not a JSON object" };
+        return;
+      }
+      this.#started = true;
+      this.#depth = 1;
+      return;
+    }
+    if (this.#inString) {
+      if (this.#token !== null) {
+        if (this.#token.length < MAX_TOKEN) this.#token.push(b);
+        else this.#tokenTooLong = true;
+      }
+      if (this.#escaped) this.#escaped = false;
+      else if (b === BACKSLASH) this.#escaped = true;
+      else if (b === QUOTE) {
+        this.#inString = false;
+        if (this.#token !== null) this.#stringEnded();
+      }
+      return;
+    }
+    if (isSpace(b)) return;
+    if (b === QUOTE) {
+      this.#inString = true;
+      // Only strings at the top level matter: keys, and model's value.
+      this.#token = this.#depth === 1 ? [QUOTE] : null;
+      this.#tokenTooLong = false;
+      return;
+    }
+    if (this.#depth === 1) {
+      if (b === COLON) {
+        this.#expectKey = false;
+        return;
+      }
+      if (b === COMMA) {
+        this.#expectKey = true;
+        this.#lastKey = null;
+        return;
+      }
+      if (b === CLOSE_OBJECT) {
+        this.#result = { model: null };
+        return;
+      }
+      if (!this.#expectKey && this.#lastKey === "model") {
+        this.#result = { error: '"model" must be a string' };
+        return;
+      }
+    }
+    if (b === OPEN_OBJECT || b === OPEN_ARRAY) this.#depth++;
+    else if (b === CLOSE_OBJECT || b === CLOSE_ARRAY) this.#depth--;
+  }
+
+  #stringEnded(): void {
+    const raw = new TextDecoder().decode(new Uint8Array(this.#token!));
+    this.#token = null;
+    if (this.#tokenTooLong) {
+      if (!this.#expectKey && this.#lastKey === "model") {
+        this.#result = { error: `"model" is longer than ${MAX_TOKEN} bytes` };
+      }
+      this.#lastKey = this.#expectKey ? "" : this.#lastKey;
+      return;
+    }
+    let text: string;
+    try {
+      text = JSON.parse(raw);
+    } catch {
+      this.#result = { error: "the JSON body has a malformed string at its top level" };
+      return;
+    }
+    if (this.#expectKey) this.#lastKey = text;
+    else if (this.#lastKey === "model") this.#result = { model: text };
+  }
+}
+
+/**
+ * Read `body` until its model is known, at most `limit` bytes. Returns what was found and a body
+ * to forward in its place: the bytes read so far, then the rest as it comes.
+ */
+export async function scanModel(
+  body: ReadableStream<Uint8Array>,
+  limit: number,
+): Promise<{ scan: ModelScan; body: ReadableStream<Uint8Array>; read: number }> {
+  const reader = body.getReader();
+  const scanner = new ModelScanner();
+  const seen: Uint8Array[] = [];
+  let read = 0;
+  let scan: ModelScan | null = null;
+  let ended = false;
+  while (scan === null) {
+    if (read >= limit) {
+      scan = {
+        error: `no top-level "model" in the first ${limit >> 20} MiB of the body (put "model" ` +
+          "before large fields such as images)",
+      };
+      break;
+    }
+    const { value, done } = await reader.read();
+    if (done) {
+      ended = true;
+      scan = scanner.end();
+      break;
+    }
+    seen.push(value);
+    read += value.length;
+    scan = scanner.feed(value);
+  }
+  const rest = new ReadableStream<Uint8Array>({
+    start(c) {
+      for (const chunk of seen) c.enqueue(chunk);
+      if (ended) c.close();
+    },
+    async pull(c) {
+      if (ended) return;
+      const { value, done } = await reader.read();
+      if (done) c.close();
+      else c.enqueue(value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+  return { scan, body: rest, read };
+}
