@@ -27,9 +27,10 @@ import { resolveEngines } from "../lib/units/model.ts";
 import { parse as parseYaml } from "yaml";
 import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
 import { init } from "../lib/commands/init.ts";
-import { apiKeys, authorized, isLoopback } from "../lib/commands/gate.ts";
+import { apiKeys, authorized, isLoopback, sameSecret } from "../lib/commands/gate.ts";
 import { FakeHost } from "./support/fake_host.ts";
 import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
+import { stop } from "../lib/commands/stop.ts";
 
 const ignore = requireTools("quadlet", "systemdAnalyze", "podman");
 const ON = "gate: true\n";
@@ -448,6 +449,42 @@ Deno.test("swap behind the gate: a gate that will not start fails the swap befor
   assertEquals(fs.state("soulstone-vllm.service").state, "inactive");
 });
 
+Deno.test("lychd stop behind the gate: the gate is told first, so clients get a 503 at once; --all stops the gate", async () => {
+  const fs = await behindGate([0], CPU_ENGINES());
+  const config = { system: false, configPath: null, overrides: [] };
+  assertEquals(await stop(fs.host, { config, all: false }), 0);
+  const told = fs.host.controls.find((c) => c.path === "/stop");
+  assert(told, fs.host.controls.map((c) => c.path).join(" "));
+  assertMatch((told.body as { message: string }).message, /start one with `lychd swap ENGINE`/);
+  // Told before the engine stopped: nothing is held for an engine nobody starts.
+  const stopCall = fs.host.calls.findIndex((c) => c.includes(" stop soulstone-"));
+  assert(stopCall >= 0, fs.host.calls.join("\n"));
+  assertEquals(fs.state("soulstone-llama.service").state, "inactive");
+  fs.host.controls.length = 0;
+  assertEquals(await stop(fs.host, { config, all: true }), 0);
+  assertEquals(fs.host.controls.length, 0, "stop --all talked to a gate it stops");
+  assertEquals(fs.state("lychd-gate.service").state, "inactive");
+});
+
+Deno.test("swap behind the gate: an exception mid-swap leaves the gate recovering, not closed for its hold", async () => {
+  const fs = await behindGate([0], CPU_ENGINES());
+  // One systemctl show fails outright after the gate was closed (a D-Bus hiccup, say).
+  const run = fs.host.run.bind(fs.host);
+  let failed = false;
+  fs.host.run = (cmd: string, args: string[]) => {
+    if (!failed && cmd === "systemctl" && args.some((a) => a.endsWith(",NRestarts"))) {
+      failed = true;
+      return Promise.reject(new Error("Failed to connect to bus"));
+    }
+    return run(cmd, args);
+  };
+  const error = await swap(fs.host, swapOpts("vllm")).then(() => null, (e) => e);
+  assert(error instanceof Error && /Failed to connect to bus/.test(error.message), String(error));
+  const paths = fs.host.controls.map((c) => c.path);
+  assert(paths.includes("/close"), paths.join(" "));
+  assertEquals(paths.at(-1), "/recover", paths.join(" "));
+});
+
 Deno.test("gate API keys: a 0600 file of keys, Bearer only, loopback trusted; a file others can read is refused", async () => {
   const { config } = resolveConfig(
     "gate: {listen: all, api_keys_file: /etc/lychd/api-keys}\n",
@@ -475,4 +512,16 @@ Deno.test("gate API keys: a 0600 file of keys, Bearer only, loopback trusted; a 
   // Loopback only: no keys needed, none read.
   const local = resolveConfig("gate: true\n", "/etc/lychd/lychd.yaml", []).config;
   assertEquals(await apiKeys(host, local), null);
+});
+
+Deno.test("gate API keys: compared whole, byte for byte, whatever their lengths", () => {
+  assert(sameSecret("k3y-abc", "k3y-abc"));
+  for (const other of ["k3y-abd", "k3y-ab", "k3y-abcd", "", "K3Y-ABC"]) {
+    assert(!sameSecret(other, "k3y-abc"), other);
+    assert(!sameSecret("k3y-abc", other), other);
+  }
+  const req = (key: string) =>
+    new Request("http://x/", { headers: { authorization: `Bearer ${key}` } });
+  assert(authorized(req("two"), ["one", "two", "three"]));
+  assert(!authorized(req("tw"), ["one", "two", "three"]));
 });
