@@ -11,6 +11,7 @@
 import { EXIT } from "../lib/exit.ts";
 import type { Outcome } from "./e2e/load.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import { outcome } from "./gate_outcomes.ts";
 import {
   buildFakeEngineImage,
   buildLlamaImage,
@@ -64,7 +65,12 @@ cartridges:
 }
 
 /** The load generator, started in the target and left running until stop() is called. */
-function startLoad(target: Target, clients: number, models: string[] = []) {
+function startLoad(
+  target: Target,
+  clients: number,
+  models: string[] = [],
+  extra: string[] = [],
+) {
   const stopFile = `/tmp/lychd-load-stop-${crypto.randomUUID().slice(0, 8)}`;
   const running = target.run([
     DENO,
@@ -75,6 +81,7 @@ function startLoad(target: Target, clients: number, models: string[] = []) {
     String(clients),
     stopFile,
     ...models.flatMap((m) => ["--model", m]),
+    ...extra,
   ]);
   return {
     async stop(): Promise<Outcome[]> {
@@ -335,6 +342,120 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
     });
 
     await t.step(
+      "faults with the real llama.cpp server: its container killed, the gate restarted " +
+        "mid-swap, clients that give up while held, stop and swap again",
+      async () => {
+        const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+        const gateOpenTo = async (engine: string, ms: number) => {
+          const end = Date.now() + ms;
+          for (;;) {
+            const r = await lychd("status", ...flags, "--json");
+            const gate = r.code === EXIT.OK || r.code === EXIT.UNHEALTHY
+              ? JSON.parse(r.stdout).gate
+              : null;
+            if (gate?.open && gate.engine === engine) return gate;
+            if (Date.now() > end) throw new Error(`the gate never opened to ${engine}`);
+            await sleep(500);
+          }
+        };
+        const toLlama = await lychd("swap", ...flags, "llama");
+        assertEquals(toLlama.code, EXIT.OK, toLlama.stdout + toLlama.stderr);
+
+        // (a) The active engine's container is killed; systemd restarts it (RestartSec=10).
+        let load = startLoad(target, CLIENTS);
+        await sleep(2000);
+        const killedAt = Date.now();
+        const kill = await guest(["podman", "kill", "soulstone-llama"]);
+        assertEquals(kill.code, 0, kill.stderr);
+        await gateOpenTo("llama", 120_000);
+        await sleep(2000);
+        let results = await load.stop();
+        judge("llama's container killed", results, ["llama"], (f) =>
+          // In flight when it died: a 502 that says so, or a stream that ends short.
+          f.start <= killedAt + 1000 && (says(f, "engine_lost") || f.status === 0)
+            ? "cut off in flight"
+            : null);
+        // Held, not failed, while it restarted and loaded: no client saw "Loading model".
+        assert(results.some((r) => r.ok && r.start > killedAt + 2000 && r.end - r.start > 5000));
+        assert(results.every((r) => !/Loading model/.test(r.by)));
+
+        // (b) The gate restarted while a swap holds it.
+        load = startLoad(target, CLIENTS);
+        await sleep(1500);
+        const swapping = lychd("swap", ...flags, "vllm");
+        await sleep(700);
+        const restart = await guest(["systemctl", ...scope, "restart", "lychd-gate.service"]);
+        assertEquals(restart.code, 0, restart.stderr);
+        const restartedAt = Date.now();
+        const swapped = await swapping;
+        assertEquals(swapped.code, EXIT.OK, swapped.stdout + swapped.stderr);
+        await gateOpenTo("vllm", 30_000);
+        await sleep(1500);
+        results = await load.stop();
+        judge(
+          "gate restarted mid-swap",
+          results,
+          ["llama", "vllm"],
+          (f) =>
+            says(f, "restarting")
+              ? "503 restarting"
+              : says(f, "engine_lost") || says(f, "cut_by_swap")
+              ? "cut off in flight"
+              : f.status === 0 && f.start <= restartedAt + 2000
+              ? "refused while restarting"
+              : null,
+        );
+        assert(results.every((r) => r.end - r.start < 40_000), "a request waited the stop out");
+
+        // (c) A third of the clients give up after 1 s; a swap holds them longer than that.
+        load = startLoad(target, CLIENTS, [], ["--give-up-ms", "1000"]);
+        await sleep(1500);
+        const toSglang = await lychd("swap", ...flags, "sglang", "--drain-timeout", "3s");
+        assertEquals(toSglang.code, EXIT.OK, toSglang.stdout + toSglang.stderr);
+        await sleep(1500);
+        results = await load.stop();
+        judge(
+          "a third give up while held",
+          results,
+          ["vllm", "sglang"],
+          (f) => f.gaveUp ? "gave up" : null,
+        );
+        assert(results.some((r) => r.gaveUp), "nobody gave up: the swap held nobody for 1 s");
+        const gate = await gateOpenTo("sglang", 10_000);
+        assertEquals(gate.held, 0);
+        const metrics = await guest(["curl", "-fsS", "http://127.0.0.1:8081/lychd/metrics"]);
+        assertMatch(metrics.stdout, /lychd_gate_requests_total\{engine="",code="499"\} [1-9]/);
+
+        // (d) lychd stop, then swap again.
+        load = startLoad(target, CLIENTS);
+        await sleep(1500);
+        const stoppedAt = Date.now();
+        const stop = await lychd("stop", ...flags);
+        assertEquals(stop.code, EXIT.OK, stop.stdout + stop.stderr);
+        const status = await lychd("status", ...flags);
+        assertMatch(status.stdout, /gate: lychd-gate\.service active, answering 503 at once/);
+        await sleep(3000);
+        const again = await lychd("swap", ...flags, "llama");
+        assertEquals(again.code, EXIT.OK, again.stdout + again.stderr);
+        await sleep(2000);
+        results = await load.stop();
+        judge(
+          "stop, then swap again",
+          results,
+          ["sglang", "llama"],
+          (f) =>
+            says(f, "stopped") && f.end - f.start < 5000
+              ? "503 stopped, at once"
+              : f.start <= stoppedAt + 1000 && (says(f, "engine_lost") || f.status === 0)
+              ? "cut off in flight"
+              : null,
+        );
+        assert(results.some((r) => says(r, "stopped")), "no request saw the stop");
+        assert(results.some((r) => r.ok && r.start > stoppedAt + 3000), "nothing served after");
+      },
+    );
+
+    await t.step(
       "on demand: two clients alternating two models, within the residency bound",
       async () => {
         assertEquals(
@@ -382,6 +503,50 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
   } finally {
     await target.close();
   }
+}
+
+/** Whether a failed request got the gate's answer for outcome `id` (tests/gate_outcomes.ts). */
+function says(o: Outcome, id: string): boolean {
+  const row = outcome(id);
+  return o.status === row.status && row.match !== null && row.match.test(o.by);
+}
+
+/**
+ * Every failure must be one the docs allow (`allowed` names its kind, or null: not allowed), and
+ * every answer must come from an engine (never a hang: each request ended). Prints the scenario's
+ * figures: requests, failed, the allowed failures by kind, the longest wait.
+ */
+function judge(
+  name: string,
+  results: Outcome[],
+  engines: string[],
+  allowed: (f: Outcome) => string | null,
+) {
+  const failed = results.filter((r) => !r.ok);
+  const kinds: Record<string, number> = {};
+  const wrong: Outcome[] = [];
+  for (const f of failed) {
+    const kind = allowed(f);
+    if (kind === null) wrong.push(f);
+    else kinds[kind] = (kinds[kind] ?? 0) + 1;
+  }
+  const maxWait = Math.max(0, ...results.map((r) => r.end - r.start));
+  console.log(
+    `  ${name}: ${results.length} requests, ${failed.length} failed (allowed: ` +
+      `${JSON.stringify(kinds)}), max wait ${maxWait} ms`,
+  );
+  assert(results.length > 0, `${name}: no requests`);
+  // Never another model's answer: every success came from an engine of this scenario.
+  for (const r of results.filter((r) => r.ok)) {
+    assert(engines.includes(engineOf(r)), `${name}: answered by ${engineOf(r)}: ${r.by}`);
+  }
+  assertEquals(
+    wrong.length,
+    0,
+    `${name}: failures the docs do not allow:\n${
+      wrong.slice(0, 5).map((f) => JSON.stringify(f)).join("\n")
+    }`,
+  );
 }
 
 async function swapCount(target: Target): Promise<number> {
