@@ -403,6 +403,30 @@ Deno.test("faults: held requests take no body memory; a full queue answers befor
   }
 });
 
+Deno.test("faults: Retry-After is what the last swap took, not the whole hold", async () => {
+  const front = gateFront(null, () => false, { maxHeld: 1, holdTimeoutMs: 600_000 });
+  try {
+    front.gate.recordSwap({
+      from: "vllm",
+      to: "llama",
+      result: "ok",
+      phases: { drain: 0.5, stop: 1, start: 1, load: 3.2 },
+      at: Date.now(),
+    });
+    front.gate.close(600_000);
+    const held = post(front.url, "{}").catch(() => null);
+    await until(() => front.gate.counts().held === 1, "one held");
+    const full = await post(front.url, "{}");
+    await expectOutcome(full.clone(), "queue_full");
+    const retry = Number(full.headers.get("retry-after"));
+    assert(retry >= 1 && retry <= 6, `Retry-After ${retry}: expected the last swap's 5.7 s`);
+    front.gate.shutdown();
+    await held;
+  } finally {
+    await front.close();
+  }
+});
+
 Deno.test("faults: after lychd stop, requests get a 503 at once that names the fix", async () => {
   const front = gateFront(null, () => false);
   try {
