@@ -52,12 +52,18 @@ function runEngine() {
       );
     }
     if (path === "/first") {
-      // The first token comes at once, then the stream waits: time to first byte.
+      // The first token comes at once, then the stream waits: time to first byte. A client that
+      // leaves before the end cancels the stream; its timer must not close it then (close() on a
+      // cancelled stream throws, and that killed the engine).
+      let timer: ReturnType<typeof setTimeout> | undefined;
       return new Response(
         new ReadableStream<Uint8Array>({
           start(c) {
             c.enqueue(CHUNK);
-            setTimeout(() => c.close(), 50);
+            timer = setTimeout(() => c.close(), 50);
+          },
+          cancel() {
+            clearTimeout(timer);
           },
         }),
         { headers: { "content-type": "text/event-stream" } },
