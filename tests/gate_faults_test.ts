@@ -166,6 +166,7 @@ function gateFront(
     gate,
     url: `http://127.0.0.1:${server.addr.port}`,
     close: async () => {
+      gate.shutdown(); // held requests answered: a failed test ends, not waits out its hold
       await server.shutdown();
       gate.dispose();
     },
@@ -516,6 +517,7 @@ function onDemandFront(
     onDemand,
     url: `http://127.0.0.1:${server.addr.port}`,
     close: async () => {
+      gate.shutdown();
       await server.shutdown();
       gate.dispose();
     },
