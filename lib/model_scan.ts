@@ -141,12 +141,16 @@ export class ModelScanner {
 export async function scanModel(
   body: ReadableStream<Uint8Array>,
   limit: number,
-): Promise<{ scan: ModelScan; body: ReadableStream<Uint8Array>; read: number }> {
+  /** Asks for room for `n` more bytes in memory; false: there is none (the scan stops). */
+  take: (n: number) => boolean = () => true,
+): Promise<
+  { scan: ModelScan | "no room"; body: ReadableStream<Uint8Array>; read: number }
+> {
   const reader = body.getReader();
   const scanner = new ModelScanner();
   const seen: Uint8Array[] = [];
   let read = 0;
-  let scan: ModelScan | null = null;
+  let scan: ModelScan | "no room" | null = null;
   let ended = false;
   while (scan === null) {
     if (read >= limit) {
@@ -160,6 +164,11 @@ export async function scanModel(
     if (done) {
       ended = true;
       scan = scanner.end();
+      break;
+    }
+    if (!take(value.length)) {
+      seen.push(value);
+      scan = "no room";
       break;
     }
     seen.push(value);

@@ -82,23 +82,25 @@ export class OnDemand {
         // A request that would have to wait finds out first whether there is room.
         const full = this.gate.isOpen() ? null : this.gate.queueFull();
         if (full) return this.gate.answerOwn(full);
-        if (!this.gate.budget.take(MODEL_SCAN_BYTES)) {
-          return this.gate.answerOwn({
-            reason: "buffer_full",
-            response: openAiError(503, "lychd: the gate holds too many request bodies", 1),
-          });
-        }
-        buffered = MODEL_SCAN_BYTES;
         let found;
         try {
-          found = await scanModel(req.body, MODEL_SCAN_BYTES);
+          // Room in memory is taken as the body is read, chunk by chunk: most bodies are small.
+          found = await scanModel(req.body, MODEL_SCAN_BYTES, (n) => {
+            if (!this.gate.budget.take(n)) return false;
+            buffered += n;
+            return true;
+          });
         } catch {
           // The upload was cut off: the client has gone, nobody reads an answer.
           this.gate.countAnswer(CLIENT_GONE);
           return new Response(null, { status: CLIENT_GONE });
         }
-        this.gate.budget.give(MODEL_SCAN_BYTES - found.read);
-        buffered = found.read;
+        if (found.scan === "no room") {
+          return this.gate.answerOwn({
+            reason: "buffer_full",
+            response: openAiError(503, "lychd: the gate holds too many request bodies", 1),
+          });
+        }
         // A form post may carry anything: it goes to the active engine, as a request without
         // a model does.
         if ("error" in found.scan && isForm(req)) found.scan = { model: null };

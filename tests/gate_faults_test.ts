@@ -654,6 +654,31 @@ Deno.test("faults, on demand: the model is read from large and chunked bodies, a
   }
 });
 
+Deno.test("faults, on demand: the bytes read for models are capped in all; within the cap all is served", async () => {
+  const alpha = engine("vllm", () => new Response('{"from":"vllm"}'));
+  const gate = new Gate(alpha.url, {
+    holdTimeoutMs: 30_000,
+    maxHeld: 8,
+    maxBufferedBytes: 64 << 10,
+  });
+  gate.open(alpha.url, "vllm");
+  const front = onDemandFront(gate, () => Promise.resolve(false));
+  try {
+    const big = `{"prompt":"${"x".repeat(200 << 10)}","model":"model-a"}`;
+    await expectOutcome(await post(front.url, big), "buffer_full");
+    assertEquals(alpha.ran.size, 0);
+    // Many small ones at once fit, and the room comes back after each.
+    const small = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => post(front.url, `{"model":"model-a","n":${i}}`)),
+    );
+    for (const r of small) assertEquals(await r.text(), '{"from":"vllm"}');
+    assertEquals(gate.budget.used(), 0);
+  } finally {
+    await front.close();
+    await alpha.close();
+  }
+});
+
 Deno.test("faults: docs/gate.md shows the outcomes table as tests/gate_outcomes.ts has it", async () => {
   const doc = await Deno.readTextFile(new URL("../docs/gate.md", import.meta.url));
   // Cells, not characters: deno fmt pads a Markdown table's columns.

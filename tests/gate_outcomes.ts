@@ -122,6 +122,14 @@ export const OUTCOMES: Outcome[] = [
     retryAfter: false,
   },
   {
+    id: "buffer_full",
+    when: "on demand: request bodies read for their model already fill the gate's 256 MiB",
+    status: 503,
+    says: "the gate holds too many request bodies",
+    match: /the gate holds too many request bodies/,
+    retryAfter: true,
+  },
+  {
     id: "upgrade",
     when: "a WebSocket (or any protocol upgrade) request",
     status: 501,
