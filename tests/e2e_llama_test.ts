@@ -224,7 +224,8 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
           `http://127.0.0.1:8081/v1/completions > ${streamFile}; echo curl=$?`,
         ]);
         let started = false;
-        for (let i = 0; i < 100 && !started; i++) {
+        const deadline = Date.now() + 90_000;
+        while (!started && Date.now() < deadline) {
           const seen = await guest([
             "sh",
             "-c",

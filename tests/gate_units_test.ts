@@ -29,6 +29,7 @@ import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_
 import { init } from "../lib/commands/init.ts";
 import { apiKeys, authorized, isLoopback, sameSecret } from "../lib/commands/gate.ts";
 import { FakeHost } from "./support/fake_host.ts";
+import { waitUntil, within } from "./support/wait.ts";
 import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
 import { stop } from "../lib/commands/stop.ts";
 
@@ -160,6 +161,54 @@ Deno.test("init restarts a running gate only when what the gate keeps changed", 
   ]);
 });
 
+Deno.test("init waits for the gate it started to answer on 8081, and says why when it does not", async () => {
+  const initGate = async (portOpen: (checks: number, fs: FakeSystemd) => boolean) => {
+    const fs = new FakeSystemd(CPU_ENGINES());
+    let checks = 0;
+    fs.host.portOpen = (port) => {
+      assertEquals(port, 8081);
+      return Promise.resolve(portOpen(++checks, fs));
+    };
+    const code = await init(fs.host, {
+      config: {
+        system: false,
+        configPath: null,
+        overrides: engineOverrides(CPU_ENGINES(), "llama", true),
+      },
+      dryRun: false,
+      force: false,
+      reload: true,
+    });
+    assertEquals(code, 0, fs.host.stderr);
+    return { fs, checks };
+  };
+  // It answers on the third look: init waited for it, then says the gate holds 8081.
+  const late = await initGate((checks) => checks >= 3);
+  assertEquals(late.checks, 3);
+  assertMatch(
+    late.fs.host.stdout,
+    /Started lychd-gate\.service: lychd holds http:\/\/127\.0\.0\.1:8081/,
+  );
+  assert(!late.fs.host.stderr.includes("nothing answers"), late.fs.host.stderr);
+  // Running, but never listening: init gives up after its 10 s (lychd's clock), and says so.
+  const silent = await initGate(() => false);
+  assertMatch(
+    silent.fs.host.stderr,
+    /lychd-gate\.service was started, but nothing answers on http:\/\/127\.0\.0\.1:8081 \(not after 10 s\)/,
+  );
+  assert(!silent.fs.host.stdout.includes("Started lychd-gate"), silent.fs.host.stdout);
+  // It exits right after it started: no waiting out the 10 s; init says what systemd says.
+  const dead = await initGate((_, fs) => {
+    fs.unit("lychd-gate.service").state = "failed";
+    return false;
+  });
+  assertEquals(dead.checks, 1);
+  assertMatch(
+    dead.fs.host.stderr,
+    /lychd-gate\.service was started, but nothing answers on http:\/\/127\.0\.0\.1:8081 \(it is failed\/failed\)/,
+  );
+});
+
 Deno.test("gate config: bad settings are refused with their key, nothing rendered", () => {
   const cases: [string, RegExp][] = [
     ["gate: maybe\n", /gate: expected true, false or a mapping/],
@@ -209,7 +258,7 @@ Deno.test("gate control: close holds, open releases to the named engine, refuse 
   const closed = await post("/close", { hold_ms: 2000 });
   assertEquals(closed.open, false);
   const held = gate.handle(new Request("http://127.0.0.1:8081/v1/models"));
-  await new Promise((r) => setTimeout(r, 10));
+  await waitUntil(() => gate.counts().held === 1, "the request to be held");
   assertEquals(gate.counts().held, 1);
   const refused = await post("/refuse", {
     message: "the swap failed",
@@ -241,8 +290,12 @@ Deno.test("on demand: a request for another model waits for its engine and trigg
   const gate = new Gate(url, { holdTimeoutMs: 5000, maxHeld: 10 });
   gate.open(url, "vllm");
   const swaps: string[] = [];
+  // The residency is counted on lychd's clock, which the test moves: how long the machine takes
+  // to run the test does not decide when the swap may come.
+  let clock = 0;
   const od = new OnDemand(gate, engines, {
     minResidencyMs: 300,
+    now: () => clock,
     log: () => {},
     swap: (engine) => {
       swaps.push(engine);
@@ -263,15 +316,20 @@ Deno.test("on demand: a request for another model waits for its engine and trigg
     // For the active engine: straight through.
     assertEquals(await (await ask("Qwen/Qwen2.5-7B-Instruct")).text(), "ok");
     // vllm was just used: sglang's request waits out the residency (300 ms)...
-    const t0 = Date.now();
     const waiting = ask(engines[1].model!);
-    await new Promise((r) => setTimeout(r, 100));
-    assertDeep(swaps, []);
+    await waitUntil(
+      () => gate.counts().held === 1 || swaps.length > 0,
+      "sglang's request to be held",
+    );
+    assertDeep(swaps, [], "swapped at once, in the residency");
+    clock = 299;
+    od.schedule();
+    assertDeep(swaps, [], "swapped before the residency");
     assertEquals(gate.counts().held, 1);
     // ...and then goes, with no further request needed to trigger the swap.
-    const r = await waiting;
+    clock = 300;
+    const r = await within(waiting, "the swap once the residency is over");
     assertEquals([r.status, await r.text()].join(" "), "200 ok");
-    assert(Date.now() - t0 >= 250, `swapped after ${Date.now() - t0} ms, before the residency`);
     assertDeep(swaps, ["sglang"]);
     const listed = await od.models().json();
     assertDeep(listed.data.map((m: { engine: string; loaded: boolean }) => [m.engine, m.loaded]), [

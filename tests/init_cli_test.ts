@@ -7,8 +7,29 @@ const UNITS = ".config/containers/systemd";
 const DATA = ".local/share/lychd";
 const CONFIG = ".config/lychd/lychd.yaml";
 
+/**
+ * Something answering on 127.0.0.1:8081 for as long as the test needs: a listener of the test's
+ * own, or whatever on this machine holds the port already (to init, both are a gate that
+ * answers). The fake systemctl starts nothing, so without this what init sees on 8081 would
+ * depend on the machine the test runs on.
+ */
+function answerOn8081(): { close(): void } {
+  let listener: Deno.TcpListener;
+  try {
+    listener = Deno.listen({ hostname: "127.0.0.1", port: 8081 });
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) return { close() {} };
+    throw e;
+  }
+  (async () => {
+    for await (const conn of listener) conn.close();
+  })().catch(() => {/* closed */});
+  return { close: () => listener.close() };
+}
+
 Deno.test("init writes every file, reloads systemd once, and a re-run changes nothing", async () => {
   const sb = await sandbox();
+  const gate = answerOn8081();
   try {
     const first = await sb.run(["init"]);
     assertEquals(first.code, 0, first.stderr);
@@ -53,13 +74,14 @@ Deno.test("init writes every file, reloads systemd once, and a re-run changes no
       "systemctl --user show --timestamp=us+utc -p Id,ActiveState,UnitFileState lychd-gate.service",
       "systemctl --user enable lychd-gate.service",
       "systemctl --user start lychd-gate.service",
-      // Nothing listens on 8081 (this systemctl starts nothing): init asks systemd why.
-      "systemctl --user show --timestamp=us+utc -p Id,ActiveState,SubState lychd-gate.service",
+      // 8081 answers (answerOn8081): init has waited for the gate and asks systemd nothing more.
+      // What it says when nothing answers: gate_units_test.ts, under the fake systemd.
     ]);
     assertMatch(
-      first.stderr,
-      /lychd-gate\.service was started, but nothing answers on http:\/\/127\.0\.0\.1:8081 \(it is unknown\)/,
+      first.stdout,
+      /Started lychd-gate\.service: lychd holds http:\/\/127\.0\.0\.1:8081, the engines answer on 127\.0\.0\.1:18081/,
     );
+    assertEquals(first.stderr, "");
     assertMatch(first.stdout, /Next: lychd pull, then lychd swap vllm/);
 
     const second = await sb.run(["init"]);
@@ -71,6 +93,7 @@ Deno.test("init writes every file, reloads systemd once, and a re-run changes no
     assertEquals(calls.filter((c) => c.includes("daemon-reload")).length, 1);
     assertEquals(calls.filter((c) => c.includes("secret create")).length, 1);
   } finally {
+    gate.close();
     await sb.cleanup();
   }
 });

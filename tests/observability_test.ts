@@ -53,7 +53,7 @@ async function hasData(prom: PrometheusServer, expr: string): Promise<boolean> {
 async function waitForData(
   prom: PrometheusServer,
   exprs: string[],
-  seconds = 30,
+  seconds = 60,
 ): Promise<string[]> {
   const deadline = Date.now() + seconds * 1000;
   let missing = exprs;
@@ -172,10 +172,19 @@ Deno.test({
       serve("llama");
       await waitFor(prom, 'count_over_time(lychd:engine_serving{lychd_engine="llama"}[1m]) >= 3');
       await waitFor(prom, 'absent(lychd:engine_serving{lychd_engine="vllm"})');
-      // A rate needs two of llama's samples and a rule evaluation after them: wait for it too,
-      // or a slow host ends the range before llama's first token rate (seen in CI).
-      await waitFor(prom, 'lychd:generation_tokens:rate1m{lychd_engine="llama"}');
-      const end = Date.now() / 1000;
+      // A rate needs two of llama's samples and a rule evaluation after them, and a range sees a
+      // sample only from its first step at or after it: the range ends once llama's token rate
+      // is in it, however long that takes (a range ended at a fixed moment missed it in CI).
+      const deadline = Date.now() + 60_000;
+      let end: number;
+      let tokens: Awaited<ReturnType<PrometheusServer["queryRange"]>>;
+      for (;;) {
+        end = Date.now() / 1000;
+        tokens = await prom.queryRange("lychd:generation_tokens:rate1m", t0 - 1, end, 1);
+        if (tokens.some((s) => s.metric.lychd_engine === "llama") || Date.now() > deadline) break;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      assertDeep(tokens.map((s) => s.metric.lychd_engine).sort(), ["llama", "vllm"]);
 
       const serving = await prom.queryRange("lychd:engine_serving", t0 - 1, end, 1);
       assertDeep(serving.map((s) => s.metric.lychd_engine).sort(), ["llama", "vllm"]);
@@ -193,12 +202,10 @@ Deno.test({
       );
       assert(llamaFirst >= swapAt - 1, "llama marked serving before the swap");
       assert(llamaLast >= end - 1, "llama not serving at the end");
-      // Current state: only llama serves; the generated-token history holds both engines.
+      // Current state: only llama serves; the generated-token history holds both engines (above).
       assertDeep((await prom.query("lychd:engine_serving")).map((s) => s.metric.lychd_engine), [
         "llama",
       ]);
-      const tokens = await prom.queryRange("lychd:generation_tokens:rate1m", t0 - 1, end, 1);
-      assertDeep(tokens.map((s) => s.metric.lychd_engine).sort(), ["llama", "vllm"]);
       const up = await prom.queryRange('up{job="soulstone"}', t0 - 1, end, 1);
       assert(
         up.length === 1 && up[0].values.every((v) => v[1] === "1"),

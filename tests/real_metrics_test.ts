@@ -160,7 +160,7 @@ async function withCapture(
 /** Poll `check` until it returns null (done) or the deadline passes; the last complaint. */
 async function eventually(
   check: () => Promise<string | null>,
-  seconds = 30,
+  seconds = 60,
 ): Promise<string | null> {
   const deadline = Date.now() + seconds * 1000;
   let last: string | null = "never checked";

@@ -52,7 +52,8 @@ export async function startPrometheus(configFile: string): Promise<PrometheusSer
     await child.status;
     await Deno.remove(storage, { recursive: true }).catch(() => {});
   };
-  const deadline = Date.now() + 20_000;
+  // Generous: a loaded CI machine takes far longer than the second or so it takes idle.
+  const deadline = Date.now() + 60_000;
   for (;;) {
     try {
       const r = await fetch(`${url}/-/ready`);
