@@ -11,17 +11,9 @@ import { resolveEngines } from "../lib/units/model.ts";
 import { resolveConfig } from "../lib/config/load.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { outcome, outcomesTable } from "./gate_outcomes.ts";
+import { waitUntil } from "./support/wait.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Wait for `cond` (a generous deadline: CI machines are busy). */
-async function until(cond: () => boolean, what: string, ms = 30_000) {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 /** Check an answer against its row of the outcomes table. */
 async function expectOutcome(r: Response, id: string) {
@@ -228,7 +220,7 @@ Deno.test("faults: a query of death crashes its engine once, not three times", a
   try {
     const r = await post(front.url, '{"prompt":"death"}');
     await expectOutcome(r, "engine_lost");
-    await until(() => up !== null, "the engine to be back");
+    await waitUntil(() => up !== null, "the engine to be back");
     const ok = await post(front.url, '{"prompt":"fine"}');
     assertEquals(ok.status, 200, await ok.clone().text());
     await ok.body?.cancel();
@@ -252,7 +244,7 @@ Deno.test("faults: a refused request is held and sent once more to the same engi
   front.gate.open(`http://127.0.0.1:${port}`, "alpha");
   try {
     const answer = post(front.url, '{"n":7}');
-    await until(() => front.gate.counts().held === 1, "the refused request to be held");
+    await waitUntil(() => front.gate.counts().held === 1, "the refused request to be held");
     alpha = engine("alpha", () => new Response('{"from":"alpha"}'), port);
     const r = await answer;
     assertEquals(r.status, 200);
@@ -278,7 +270,7 @@ Deno.test("faults: a refused request whose engine was swapped out meanwhile is n
   let beta: Engine | null = null;
   try {
     const answer = post(front.url, '{"model":"alpha-model"}');
-    await until(() => front.gate.counts().held === 1, "the refused request to be held");
+    await waitUntil(() => front.gate.counts().held === 1, "the refused request to be held");
     // A swap: beta serves on the engine port now, and the gate is opened to it.
     beta = engine("beta", () => new Response('{"from":"beta"}'), port);
     serving = { engine: "beta" };
@@ -327,7 +319,7 @@ Deno.test("faults: an engine's 503 while it loads reaches no client: the request
   front.gate.open(llama.url, "llama");
   try {
     const answer = post(front.url, '{"n":1}');
-    await until(() => front.gate.counts().held === 1, "the request to be held");
+    await waitUntil(() => front.gate.counts().held === 1, "the request to be held");
     loading = false;
     const r = await answer;
     assertEquals(r.status, 200, await r.clone().text());
@@ -349,7 +341,7 @@ Deno.test("faults: a swap's cut after the drain timeout is a 502 that says so", 
   front.gate.open(slow.url, "vllm");
   try {
     const answer = post(front.url, '{"long":true}');
-    await until(() => front.gate.counts().inFlight === 1, "the request to be in flight");
+    await waitUntil(() => front.gate.counts().inFlight === 1, "the request to be in flight");
     assertEquals((await front.gate.drain(50)).drained, false);
     assertEquals(front.gate.cut(), 1);
     await expectOutcome(await answer, "cut_by_swap");
@@ -367,13 +359,13 @@ Deno.test("faults: a client that gives up while held leaves the queue at once", 
   try {
     const quitters = [new AbortController(), new AbortController()];
     const gone = quitters.map((c) => post(front.url, "{}", c.signal).catch(() => "aborted"));
-    await until(() => front.gate.counts().held === 2, "two held");
+    await waitUntil(() => front.gate.counts().held === 2, "two held");
     for (const c of quitters) c.abort();
     assertDeep(await Promise.all(gone), ["aborted", "aborted"]);
-    await until(() => front.gate.counts().held === 0, "the quitters to leave the queue");
+    await waitUntil(() => front.gate.counts().held === 0, "the quitters to leave the queue");
     // A live client finds room, and is served once the engine is there.
     const live = post(front.url, "{}");
-    await until(() => front.gate.counts().held === 1, "the live one held");
+    await waitUntil(() => front.gate.counts().held === 1, "the live one held");
     front.gate.open(alpha.url, "alpha");
     const r = await live;
     assertEquals(r.status, 200);
@@ -394,7 +386,7 @@ Deno.test("faults: held requests take no body memory; a full queue answers befor
   try {
     const big = "x".repeat(1 << 20);
     const held = Array.from({ length: 4 }, () => post(front.url, big).catch(() => null));
-    await until(() => front.gate.counts().held === 4, "four held");
+    await waitUntil(() => front.gate.counts().held === 4, "four held");
     assertEquals(front.gate.budget.used(), 0, "held bodies were read into memory");
     await expectOutcome(await post(front.url, big), "queue_full");
     front.gate.shutdown();
@@ -416,7 +408,7 @@ Deno.test("faults: Retry-After is what the last swap took, not the whole hold", 
     });
     front.gate.close(600_000);
     const held = post(front.url, "{}").catch(() => null);
-    await until(() => front.gate.counts().held === 1, "one held");
+    await waitUntil(() => front.gate.counts().held === 1, "one held");
     const full = await post(front.url, "{}");
     await expectOutcome(full.clone(), "queue_full");
     const retry = Number(full.headers.get("retry-after"));
@@ -432,7 +424,7 @@ Deno.test("faults: after lychd stop, requests get a 503 at once that names the f
   const front = gateFront(null, () => false);
   try {
     const waiting = post(front.url, "{}");
-    await until(() => front.gate.counts().held === 1, "one held");
+    await waitUntil(() => front.gate.counts().held === 1, "one held");
     front.gate.stop(
       "no engine is active (stopped by `lychd stop`): start one with `lychd swap ENGINE`",
     );
@@ -542,7 +534,7 @@ Deno.test("faults, on demand: an engine that is recovering is not swapped to", a
     // alpha crashed: the gate waits for it to serve again.
     gate.recover(alpha.url, "vllm");
     const answer = post(front.url, '{"model":"model-a"}');
-    await until(() => gate.counts().held === 1, "held for vllm");
+    await waitUntil(() => gate.counts().held === 1, "held for vllm");
     await sleep(1500); // longer than min_residency: on demand had every chance to swap
     assertDeep(swaps, [], "on demand swapped to the engine that was recovering");
     up = true;
@@ -568,10 +560,10 @@ Deno.test("faults, on demand: a request that gave up while held starts no swap",
     await (await post(front.url, '{"model":"model-a"}')).text();
     const quitter = new AbortController();
     const gone = post(front.url, '{"model":"model-b"}', quitter.signal).catch(() => null);
-    await until(() => gate.counts().held === 1, "held for sglang");
+    await waitUntil(() => gate.counts().held === 1, "held for sglang");
     quitter.abort();
     await gone;
-    await until(() => gate.counts().held === 0, "the quitter to leave");
+    await waitUntil(() => gate.counts().held === 0, "the quitter to leave");
     await sleep(2000); // past the residency: the held request would have started its swap now
     assertDeep(swaps, [], "an abandoned request started a swap");
   } finally {
