@@ -13,7 +13,7 @@ export interface RunResult {
 
 import { LychdError } from "./errors.ts";
 
-/** The file a running gate keeps in its control folder (lib/gate_control.ts). */
+/** The file a running gate keeps in its control folder (lib/gate/control.ts). */
 export const CONTROL_READY = "gate.json";
 
 export type HttpResult = { status: number; body: string } | {
@@ -339,7 +339,7 @@ export const denoHost: Host = {
     }, timeoutMs),
 
   async control(folder, method, path, body, timeoutMs) {
-    // The gate's control folder (lib/gate_control.ts): a request file in, an answer file out.
+    // The gate's control folder (lib/gate/control.ts): a request file in, an answer file out.
     try {
       await Deno.stat(`${folder}/${CONTROL_READY}`);
     } catch (e) {

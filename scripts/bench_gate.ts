@@ -1,8 +1,8 @@
 /**
- * The gate's proxy core (lib/gate.ts) against its peers, in the same run, over real loopback HTTP,
+ * The gate's proxy core (lib/gate/proxy.ts) against its peers, in the same run, over real loopback HTTP,
  * with one small Deno server playing the engine behind every contender:
  *   - direct: the engine itself;
- *   - gate: lib/gate.ts in a process of its own, as `lychd gate` serves it;
+ *   - gate: lib/gate/proxy.ts in a process of its own, as `lychd gate` serves it;
  *   - floor: the plainest Deno proxy (fetch the engine, return its answer; no header filtering, no
  *     counts, no retry, a one-promise hold): what Deno's HTTP server and fetch cost by themselves;
  *   - Go: net/http/httputil's ReverseProxy as llama-swap builds it (scripts/bench/goproxy/main.go:
@@ -28,7 +28,7 @@
  *
  *   deno task bench:gate [SECONDS_PER_LEVEL] [REPEATS]   (defaults: 3 and 5)
  */
-import { Gate } from "../lib/gate.ts";
+import { Gate } from "../lib/gate/proxy.ts";
 
 const STREAM_EVENTS = 20_000;
 const EVENT = new TextEncoder().encode('data: {"choices":[{"delta":{"content":"tok"}}]}\n\n');

@@ -5,8 +5,8 @@
  * tests/gate_outcomes.ts (the table docs/gate.md shows), and every engine counts how often it
  * ran each request: the promise is "never a wrong model, never run twice".
  */
-import { CLIENT_GONE, Gate, type GateOptions } from "../lib/gate.ts";
-import { OnDemand } from "../lib/on_demand.ts";
+import { CLIENT_GONE, Gate, type GateOptions } from "../lib/gate/proxy.ts";
+import { OnDemand } from "../lib/gate/on_demand.ts";
 import { resolveEngines } from "../lib/units/model.ts";
 import { resolveConfig } from "../lib/config/load.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";

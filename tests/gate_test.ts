@@ -1,10 +1,10 @@
 /**
- * The gate's proxy core (lib/gate.ts) over real loopback HTTP: a small server plays the engine,
+ * The gate's proxy core (lib/gate/proxy.ts) over real loopback HTTP: a small server plays the engine,
  * Deno.serve runs the gate, a fetch plays the client. SSE chunks are relayed as they come, a
  * client abort reaches the engine, 10 MB bodies pass both ways, hop-by-hop headers stop at the
  * gate, held requests go in arrival order, and too long or too many held get an OpenAI-shaped 503.
  */
-import { Gate, type GateOptions } from "../lib/gate.ts";
+import { Gate, type GateOptions } from "../lib/gate/proxy.ts";
 import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { waitUntil, within } from "./support/wait.ts";
 

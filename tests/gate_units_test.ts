@@ -20,9 +20,9 @@ import {
 import { resolveConfig } from "../lib/config/load.ts";
 import { ConfigError, LychdError } from "../lib/errors.ts";
 import { EXIT } from "../lib/exit.ts";
-import { Gate } from "../lib/gate.ts";
-import { controlRequest } from "../lib/gate_control.ts";
-import { OnDemand } from "../lib/on_demand.ts";
+import { Gate } from "../lib/gate/proxy.ts";
+import { controlRequest } from "../lib/gate/control.ts";
+import { OnDemand } from "../lib/gate/on_demand.ts";
 import { resolveEngines } from "../lib/units/model.ts";
 import { parse as parseYaml } from "yaml";
 import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";

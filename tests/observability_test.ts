@@ -14,7 +14,7 @@ import { type PrometheusServer, startPrometheus } from "./support/prometheus_ser
 import { requireTools } from "./support/tools.ts";
 import { planFor } from "./support/units.ts";
 import { panels, substitute } from "./support/dashboards.ts";
-import { Gate } from "../lib/gate.ts";
+import { Gate } from "../lib/gate/proxy.ts";
 import { GATE_METRICS_PATH } from "../lib/units/model.ts";
 
 const ignore = requireTools("prometheus", "promtool");

@@ -3,16 +3,16 @@
  * of whichever engine serves on the engine port. It holds requests while no engine is ready,
  * lets `lychd swap` drain and open it through its control folder, exports its own metrics on
  * /lychd/metrics, asks for API keys when it listens beyond loopback, and with on_demand swaps to
- * the engine whose model a request names (lib/on_demand.ts). The proxy itself is lib/gate.ts.
+ * the engine whose model a request names (lib/gate/on_demand.ts). The proxy itself is lib/gate/proxy.ts.
  */
 import { loadConfig } from "../config/load.ts";
 import type { ConfigOptions, LychdConfig } from "../config/types.ts";
 import { LychdError } from "../errors.ts";
 import { EXIT } from "../exit.ts";
-import { Gate, openAiError } from "../gate.ts";
-import { controlFolder, controlRequest, serveControl } from "../gate_control.ts";
+import { Gate, openAiError } from "../gate/proxy.ts";
+import { controlFolder, controlRequest, serveControl } from "../gate/control.ts";
 import type { Host } from "../host.ts";
-import { OnDemand } from "../on_demand.ts";
+import { OnDemand } from "../gate/on_demand.ts";
 import { probe } from "../readiness.ts";
 import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";

@@ -22,8 +22,8 @@ import {
   resolveEngines,
   soulstoneService,
 } from "../units/model.ts";
-import { controlFolder, GateClient } from "../gate_control.ts";
-import type { SwapRecord } from "../gate.ts";
+import { controlFolder, GateClient } from "../gate/control.ts";
+import type { SwapRecord } from "../gate/proxy.ts";
 import type { Locations } from "../paths.ts";
 
 export interface StatusOptions {

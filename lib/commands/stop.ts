@@ -3,7 +3,7 @@ import type { ConfigOptions } from "../config/types.ts";
 import { loadConfig } from "../config/load.ts";
 import type { Host } from "../host.ts";
 import { lychdLine, openSetup } from "../setup.ts";
-import { controlFolder, GateClient } from "../gate_control.ts";
+import { controlFolder, GateClient } from "../gate/control.ts";
 import { systemctl } from "../systemctl.ts";
 import { GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 

@@ -26,8 +26,8 @@ import {
 } from "../systemctl.ts";
 import { printable } from "../text.ts";
 import { describeHolders, waitForGpuMemory } from "../gpu.ts";
-import { controlFolder, GateClient } from "../gate_control.ts";
-import type { SwapRecord } from "../gate.ts";
+import { controlFolder, GateClient } from "../gate/control.ts";
+import type { SwapRecord } from "../gate/proxy.ts";
 import type { LychdConfig } from "../config/types.ts";
 import { type Engine, GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 

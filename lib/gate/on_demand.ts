@@ -10,9 +10,9 @@
  * working engine away, again and again, by naming a model that cannot start. It is refused with a
  * 503 for a back-off that doubles with each failure (BACKOFF_MS up to BACKOFF_MAX_MS).
  */
-import { CLIENT_GONE, type Gate, openAiError } from "./gate.ts";
+import { CLIENT_GONE, type Gate, openAiError } from "./proxy.ts";
 import { scanModel } from "./model_scan.ts";
-import type { Engine } from "./units/model.ts";
+import type { Engine } from "../units/model.ts";
 
 /** An engine with no request for this long (and none in flight) may be swapped out at once. */
 export const IDLE_MS = 2000;

@@ -15,9 +15,9 @@
  *   POST /stop {message}    -> nothing serves (lychd stop): 503 to every request, at once
  *   POST /cut               -> abort the requests still in flight (a drain that timed out)
  */
-import type { Gate, GateCounts, SwapRecord } from "./gate.ts";
-import { CONTROL_READY, type Host } from "./host.ts";
-import type { Locations } from "./paths.ts";
+import type { Gate, GateCounts, SwapRecord } from "./proxy.ts";
+import { CONTROL_READY, type Host } from "../host.ts";
+import type { Locations } from "../paths.ts";
 
 export interface GateStatus {
   open: boolean;
