@@ -139,7 +139,7 @@ function runGate(upstream: string) {
   const gate = new Gate(upstream, { holdTimeoutMs: 60_000, maxHeld: 1024 });
   const front = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (r, info) => gate.handle(r, info.completed),
+    (r, info) => gate.handle(r, { completed: info.completed }),
   );
   return serveControl(front, {
     close: () => gate.close(),

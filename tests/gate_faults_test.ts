@@ -152,7 +152,8 @@ function gateFront(
   });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (req, info) => gate.handle(req, info.completed, null, info.remoteAddr.hostname),
+    (req, info) =>
+      gate.handle(req, { completed: info.completed, client: info.remoteAddr.hostname }),
   );
   return {
     gate,
@@ -503,7 +504,8 @@ function onDemandFront(
   });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (req, info) => onDemand.handle(req, info.completed, info.remoteAddr.hostname),
+    (req, info) =>
+      onDemand.handle(req, { completed: info.completed, client: info.remoteAddr.hostname }),
   );
   return {
     onDemand,
@@ -635,9 +637,13 @@ Deno.test("faults, on demand: the model is read from large and chunked bodies, a
     assertEquals(await r.text(), '{"from":"alpha"}');
     assertEquals(alpha.ran.get('{"extra":{"model":"model-b"},"model":"model-a","prompt":"hi"}'), 1);
     // (A body that is cut off after its model goes to that model's engine, which judges it.)
-    for (const bad of ['{"model": 42}', '{"prompt": "x"', "[1,2]", '{"model": "a\\q"}']) {
+    const twice = '{"model":"model-a","model":"model-b"}'; // JSON.parse takes the last
+    for (const bad of ['{"model": 42}', '{"prompt": "x"', "[1,2]", '{"model": "a\\q"}', twice]) {
       await expectOutcome(await post(front.url, bad), "no_model");
     }
+    // A byte order mark is no reason to refuse (JSON.parse skips it).
+    const bom = await post(front.url, '\ufeff{"model":"model-a"}');
+    assertEquals(await bom.text(), '{"from":"alpha"}');
     // A body without a model goes to the engine that serves.
     assertEquals(await (await post(front.url, '{"prompt":"x"}')).text(), '{"from":"alpha"}');
   } finally {
@@ -668,6 +674,142 @@ Deno.test("faults, on demand: the bytes read for models are capped in all; withi
   } finally {
     await front.close();
     await alpha.close();
+  }
+});
+
+Deno.test("faults: a request whose body was still uploading when a swap drained goes to the engine that serves after it", async () => {
+  const old = engine("llama", () => new Response('{"from":"llama"}'));
+  const next = engine("vllm", () => new Response('{"from":"vllm"}'));
+  const front = gateFront(old.url, () => ({ engine: "llama" }));
+  front.gate.open(old.url, "llama");
+  try {
+    // Let through while open, its body half sent...
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: Number(new URL(front.url).port),
+    });
+    const body = '{"prompt":"slow upload"}';
+    await conn.write(new TextEncoder().encode(
+      `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n` +
+        `content-length: ${body.length}\r\nconnection: close\r\n\r\n${body.slice(0, 10)}`,
+    ));
+    await sleep(200);
+    // ...while a swap drains (nothing counted in flight), stops llama and opens to vllm.
+    assertDeep(await front.gate.drain(1000), { drained: true, inFlight: 0 });
+    await old.close();
+    front.gate.open(next.url, "vllm");
+    await conn.write(new TextEncoder().encode(body.slice(10)));
+    const answer = new TextDecoder().decode(await readAll(conn));
+    assertMatch(answer, /^HTTP\/1\.1 200/);
+    assertMatch(answer, /\{"from":"vllm"\}/);
+    assertEquals(old.ran.size, 0);
+  } finally {
+    await front.close();
+    await next.close();
+  }
+});
+
+async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buf = new Uint8Array(65536);
+  for (;;) {
+    const n = await conn.read(buf).catch(() => null);
+    if (n === null) break;
+    chunks.push(buf.slice(0, n));
+  }
+  conn.close();
+  return new Uint8Array(chunks.flatMap((c) => [...c]));
+}
+
+Deno.test("faults: a cut or broken stream is done for the drain also when piped (no server completion)", async () => {
+  let release: () => void = () => {};
+  const stream = engine(
+    "vllm",
+    () => new Promise<Response>((r) => release = () => r(new Response("never"))),
+  );
+  const gate = new Gate(stream.url, { holdTimeoutMs: 30_000, maxHeld: 4 });
+  gate.open(stream.url, "vllm");
+  try {
+    // An engine body that breaks off mid-stream, relayed without Deno.serve's completion.
+    const upstream = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen() {} },
+      () =>
+        new Response(
+          new ReadableStream<Uint8Array>({
+            start(c) {
+              c.enqueue(new TextEncoder().encode("data: 1\n\n"));
+            },
+          }),
+          { headers: { "content-type": "text/event-stream" } },
+        ),
+    );
+    gate.open(`http://127.0.0.1:${upstream.addr.port}`, "vllm");
+    const r = await gate.handle(new Request("http://gate/v1/completions", { method: "POST" }));
+    const reader = r.body!.getReader();
+    await reader.read();
+    assertEquals(gate.counts().inFlight, 1);
+    assertEquals(gate.cut(), 1);
+    await reader.read().catch(() => null);
+    await waitUntil(() => gate.counts().inFlight === 0, "the cut stream to be done");
+    await upstream.shutdown();
+  } finally {
+    release();
+    gate.dispose();
+    await stream.close();
+  }
+});
+
+Deno.test("faults, on demand: no swap of its own while lychd swap holds the gate", async () => {
+  const alpha = engine("vllm", () => new Response('{"from":"vllm"}'));
+  const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
+  gate.open(alpha.url, "vllm");
+  const swaps: string[] = [];
+  const front = onDemandFront(gate, (e) => {
+    swaps.push(e);
+    return Promise.resolve(true);
+  }, 600_000);
+  try {
+    await (await post(front.url, '{"model":"model-a"}')).text();
+    gate.close(30_000, alpha.url); // lychd swap sglang, under way
+    const waiting = post(front.url, '{"model":"model-b"}');
+    await waitUntil(() => gate.counts().held === 1, "held for sglang");
+    await sleep(300);
+    assertDeep(swaps, [], "on demand raced lychd swap");
+    gate.open(alpha.url, "sglang"); // the swap is done
+    assertEquals(await (await waiting).text(), '{"from":"vllm"}');
+    assertDeep(swaps, []);
+  } finally {
+    await front.close();
+    await alpha.close();
+  }
+});
+
+Deno.test("faults, on demand: bytes read for the model are not counted twice (a loading 503 is still held)", async () => {
+  let loading = true;
+  const llama = engine("vllm", () => {
+    if (!loading) return new Response('{"ok":true}');
+    loading = false;
+    return new Response('{"error":"Loading model"}', { status: 503 });
+  });
+  const gate = new Gate(llama.url, {
+    holdTimeoutMs: 30_000,
+    maxHeld: 8,
+    maxBufferedBytes: 150_000,
+    serving: () => Promise.resolve(loading ? false : { engine: "vllm" }),
+    probeIntervalMs: 20,
+  });
+  gate.open(llama.url, "vllm");
+  const front = onDemandFront(gate, () => Promise.resolve(false));
+  try {
+    const body = `{"model":"model-a","prompt":"${"x".repeat(100_000)}"}`;
+    const r = await post(front.url, body);
+    assertEquals(r.status, 200, await r.clone().text());
+    assertEquals(await r.text(), '{"ok":true}');
+    assertEquals(llama.ran.get(body), 2, "the 503 and the answer");
+    assertEquals(gate.budget.used(), 0);
+  } finally {
+    await front.close();
+    await llama.close();
   }
 });
 

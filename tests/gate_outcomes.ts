@@ -115,7 +115,7 @@ export const OUTCOMES: Outcome[] = [
   {
     id: "no_model",
     when: "on demand: a JSON body whose top-level `model` cannot be read (malformed, not a " +
-      "string, or not within its first 32 MiB)",
+      "string, named twice, or not within its first 32 MiB)",
     status: 400,
     says: "cannot tell which model to serve: WHY",
     match: /cannot tell which model to serve: /,

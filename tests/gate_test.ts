@@ -33,7 +33,9 @@ async function withGate(
   for (const completion of [true, false]) {
     const upstream = serve(engine);
     const gate = new Gate(open ? upstream.url : null, options);
-    const front = serve((req, info) => gate.handle(req, completion ? info.completed : undefined));
+    const front = serve((req, info) =>
+      gate.handle(req, { completed: completion ? info.completed : undefined })
+    );
     try {
       await fn(gate, front.url, upstream.url);
     } finally {

@@ -234,7 +234,7 @@ Deno.test({
       (req, info) =>
         new URL(req.url).pathname === GATE_METRICS_PATH
           ? new Response(gate.metrics())
-          : gate.handle(req, info.completed),
+          : gate.handle(req, { completed: info.completed }),
     );
     const url = `http://127.0.0.1:${front.addr.port}`;
     const metrics = await startMetricsServer("vllm");

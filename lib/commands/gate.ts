@@ -110,9 +110,8 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
         headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     }
-    return onDemand
-      ? onDemand.handle(req, info.completed, remote)
-      : gate.handle(req, info.completed, null, remote);
+    const at = { completed: info.completed, client: remote };
+    return onDemand ? onDemand.handle(req, at) : gate.handle(req, at);
   });
 
   const stop = new Promise<string>((resolve) => {
@@ -185,7 +184,8 @@ export function isLoopback(address: string): boolean {
 async function swapInProcess(host: Host, config: ConfigOptions, engine: string): Promise<boolean> {
   const { swap, swapDefaults } = await import("./swap.ts");
   try {
-    return (await swap(host, swapDefaults(config, engine))) === EXIT.OK;
+    // The gate's own SIGTERM handling stays in charge: a swap run here must not exit the process.
+    return (await swap(host, { ...swapDefaults(config, engine), ownSignals: false })) === EXIT.OK;
   } catch (e) {
     host.err(`lychd gate: on-demand swap to ${engine} failed: ${(e as Error).message}\n`);
     return false;

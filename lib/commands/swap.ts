@@ -42,6 +42,11 @@ export interface SwapOptions {
   drain: boolean;
   /** How long to wait for them; null = gate.drain_timeout. */
   drainTimeoutSec: number | null;
+  /**
+   * Whether Ctrl-C and SIGTERM end the swap (and the process), saying what state the host is
+   * in; false inside the gate (on demand), whose own shutdown handles them.
+   */
+  ownSignals?: boolean;
 }
 
 /** `lychd swap ENGINE` without flags (on demand runs exactly this). */
@@ -125,21 +130,23 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   // Interrupted (Ctrl-C, SIGTERM): say what state the host is in; exiting drops the lock. Behind
   // the gate, the held requests go to the target as soon as it serves (systemd goes on starting
   // it), rather than waiting out the hold.
-  const stopListening = host.onInterrupt(async (signal) => {
-    progress.done();
-    host.err(
-      `\nlychd swap interrupted (${signal}) while: ${progress.current() || "preparing"}.\n` +
-        `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
-        `in the background${previous ? ` (${previous.name} was stopped)` : ""}${
-          gate ? `; the gate holds requests until it serves` : ""
-        }. ` +
-        `See \`${lychdLine(setup, "status")}\`${
-          previous ? `; go back with \`${lychdLine(setup, `swap ${previous.name}`)}\`` : ""
-        }.\n`,
-    );
-    await gate?.client.recover(target.name);
-    return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
-  });
+  const stopListening = options.ownSignals === false
+    ? () => {}
+    : host.onInterrupt(async (signal) => {
+      progress.done();
+      host.err(
+        `\nlychd swap interrupted (${signal}) while: ${progress.current() || "preparing"}.\n` +
+          `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
+          `in the background${previous ? ` (${previous.name} was stopped)` : ""}${
+            gate ? `; the gate holds requests until it serves` : ""
+          }. ` +
+          `See \`${lychdLine(setup, "status")}\`${
+            previous ? `; go back with \`${lychdLine(setup, `swap ${previous.name}`)}\`` : ""
+          }.\n`,
+      );
+      await gate?.client.recover(target.name);
+      return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
+    });
   gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
   try {
     return await switchBehindGate(

@@ -1,7 +1,9 @@
 /**
  * On demand needs the `model` of a request before it can choose an engine, but a request body may
  * be large (an image, base64 in `messages`) and OpenAI's own client writes `messages` before
- * `model`. So the body is scanned as it arrives, byte by byte, for the top-level `model` key only:
+ * `model`. So the body is scanned as it arrives, byte by byte, to the end of its top-level object
+ * (a second `model` key is an error: JSON.parse would take the last, the scan the first), for the
+ * top-level `model` key only:
  * nested objects, arrays and strings are skipped without being parsed or kept apart from the
  * bytes themselves, which are forwarded unchanged. Every JSON delimiter is ASCII and no UTF-8
  * multi-byte sequence contains an ASCII byte, so bytes suffice.
@@ -37,6 +39,10 @@ export class ModelScanner {
   #expectKey = true;
   #lastKey: string | null = null;
   #started = false;
+  /** The bytes of a UTF-8 byte order mark seen so far at the start (JSON.parse skips one). */
+  #bom = 0;
+  /** The first top-level "model"; a second one is an error (JSON.parse would take the last). */
+  #model: string | undefined;
   #result: ModelScan | null = null;
 
   result(): ModelScan | null {
@@ -48,10 +54,15 @@ export class ModelScanner {
     return this.#result;
   }
 
-  /** The body ended: what was found, or why nothing could be. */
+  /**
+   * The body ended, or no more of it is read: what was found, or why nothing could be. A body
+   * cut off after its model goes to that model's engine, which judges the rest.
+   */
   end(): ModelScan {
     if (this.#result) return this.#result;
-    this.#result = this.#started
+    this.#result = this.#model !== undefined
+      ? { model: this.#model }
+      : this.#started
       ? { error: "the JSON body ended before its top-level object closed" }
       : { error: "the body is empty" };
     return this.#result;
@@ -60,6 +71,10 @@ export class ModelScanner {
   #byte(b: number): void {
     if (!this.#started) {
       if (isSpace(b)) return;
+      if (b === [0xef, 0xbb, 0xbf][this.#bom] && this.#bom < 3) {
+        this.#bom++;
+        return;
+      }
       if (b !== OPEN_OBJECT) {
         this.#result = { error: "the body is not a JSON object" };
         return;
@@ -100,7 +115,7 @@ export class ModelScanner {
         return;
       }
       if (b === CLOSE_OBJECT) {
-        this.#result = { model: null };
+        this.#result = { model: this.#model ?? null };
         return;
       }
       if (!this.#expectKey && this.#lastKey === "model") {
@@ -130,7 +145,11 @@ export class ModelScanner {
       return;
     }
     if (this.#expectKey) this.#lastKey = text;
-    else if (this.#lastKey === "model") this.#result = { model: text };
+    else if (this.#lastKey === "model") {
+      if (this.#model !== undefined) {
+        this.#result = { error: 'the body names "model" twice' };
+      } else this.#model = text;
+    }
   }
 }
 
@@ -154,9 +173,10 @@ export async function scanModel(
   let ended = false;
   while (scan === null) {
     if (read >= limit) {
-      scan = {
-        error: `no top-level "model" in the first ${limit >> 20} MiB of the body (put "model" ` +
-          "before large fields such as images)",
+      // Read no further: the model found so far, if any, decides.
+      const sofar = scanner.end();
+      scan = "model" in sofar ? sofar : {
+        error: `no top-level "model" in the first ${limit >> 20} MiB of the body`,
       };
       break;
     }

@@ -10,7 +10,7 @@
  * working engine away, again and again, by naming a model that cannot start. It is refused with a
  * 503 for a back-off that doubles with each failure (BACKOFF_MS up to BACKOFF_MAX_MS).
  */
-import { CLIENT_GONE, type Gate, openAiError } from "./proxy.ts";
+import { CLIENT_GONE, type Forwarding, type Gate, openAiError } from "./proxy.ts";
 import { scanModel } from "./model_scan.ts";
 import type { Engine } from "../units/model.ts";
 
@@ -71,9 +71,12 @@ export class OnDemand {
     return current !== null && names.includes(current) ? current : names[0] ?? null;
   }
 
-  async handle(req: Request, completed?: Promise<void>, client?: string): Promise<Response> {
+  async handle(req: Request, at: Forwarding = {}): Promise<Response> {
     const url = new URL(req.url);
-    if (req.method === "GET" && url.pathname === "/v1/models") return this.models();
+    if (req.method === "GET" && url.pathname === "/v1/models") {
+      this.gate.countAnswer(200);
+      return this.models();
+    }
     let wants: string | null = null;
     let forward = req;
     let buffered = 0;
@@ -127,7 +130,7 @@ export class OnDemand {
         if (refused) return this.gate.answerOwn({ reason: "backoff", response: refused });
       }
       this.#lastFor.set(wants ?? this.gate.target() ?? "", this.#now());
-      return await this.gate.handle(forward, completed, wants, client);
+      return await this.gate.handle(forward, { ...at, wants, counted: buffered });
     } finally {
       this.gate.budget.give(buffered);
     }
@@ -151,6 +154,8 @@ export class OnDemand {
   schedule(): void {
     if (this.#swapping) return;
     clearTimeout(this.#timer);
+    // `lychd swap` holds the gate: it opens it when done, and this is asked again then.
+    if (this.gate.closedBySwap()) return;
     // The engine that serves, or the one the gate waits for after a crash: no swap to it.
     const current = this.gate.target();
     const waiting = this.gate.heldFor().filter((h) => h.wants !== null && h.wants !== current);

@@ -116,6 +116,22 @@ export function openAiError(status: number, message: string, retryAfterSec?: num
   );
 }
 
+/** How a request is to be forwarded. */
+export interface Forwarding {
+  /**
+   * The server's promise that the response was sent (Deno.serve's `info.completed`); with it the
+   * engine's body goes to the client untouched (Deno's fast path), without it the body is piped
+   * through a stream that notices its end.
+   */
+  completed?: Promise<void>;
+  /** The engine this request must be served by (on demand); null: whichever serves. */
+  wants?: string | null;
+  /** The client's address, for X-Forwarded-For. */
+  client?: string;
+  /** Bytes of its body that the caller read and counted in `budget` already (on demand). */
+  counted?: number;
+}
+
 /** The gate's answer for a client that has gone away (nobody reads it; nginx's code for it). */
 export const CLIENT_GONE = 499;
 
@@ -226,6 +242,12 @@ export class Gate {
    * a dead engine's socket (and then not be known to be safe to send again).
    */
   #client: Deno.HttpClient | null = null;
+  /** Counts the gate's openings: a request let through to one opening is not sent to another. */
+  #generation = 0;
+  /** Counts recover() calls: an older poll loop stops when a newer one starts. */
+  #recovering = 0;
+  /** The gate was closed by a swap (close()), which will open it; on demand waits for it. */
+  #closedBySwap = false;
   readonly budget: ByteBudget;
   /** Called whenever a request starts to wait (on demand decides then whether to swap). */
   onHold: (() => void) | null = null;
@@ -270,6 +292,11 @@ export class Gate {
     return this.#upstream !== null;
   }
 
+  /** A swap closed the gate and will open it (on demand starts no swap of its own then). */
+  closedBySwap(): boolean {
+    return this.#closedBySwap && this.#upstream === null && this.#lost === null;
+  }
+
   /** Why nothing serves after `lychd stop` (null: not stopped). */
   stopped(): string | null {
     return this.#stopped;
@@ -292,6 +319,7 @@ export class Gate {
     this.#upstream = null;
     this.#lost = null;
     this.#stopped = null;
+    this.#closedBySwap = true;
     this.#closedAt = Date.now();
     clearTimeout(this.#closedTimer);
     if (back && this.options.serving && holdTimeoutMs !== undefined) {
@@ -311,6 +339,8 @@ export class Gate {
     this.#stopped = null;
     this.#client?.close();
     this.#client = Deno.createHttpClient({});
+    this.#generation++;
+    this.#closedBySwap = false;
     this.#upstream = upstream;
     this.#engine = engine;
     this.#holdTimeoutMs = this.options.holdTimeoutMs;
@@ -318,6 +348,8 @@ export class Gate {
     const orphans = this.onHold === null ? this.#held.filter((w) => !go.includes(w)) : [];
     this.#held = this.#held.filter((w) => !go.includes(w) && !orphans.includes(w));
     for (const w of go) w.release(upstream);
+    // What is still held wants another engine: on demand decides now whether to swap to it.
+    if (this.#held.length > 0) queueMicrotask(() => this.onHold?.());
     for (const w of orphans) {
       w.refuse(this.#refusal(
         "engine_lost",
@@ -349,6 +381,7 @@ export class Gate {
     clearTimeout(this.#closedTimer);
     this.#upstream = null;
     this.#lost = null;
+    this.#closedBySwap = false;
     this.#stopped = message;
     const gone = this.onHold === null ? this.#held : this.#held.filter((w) => w.wants === null);
     this.#held = this.#held.filter((w) => !gone.includes(w));
@@ -443,18 +476,11 @@ export class Gate {
   }
 
   /**
-   * `completed`: the server's promise that the response was sent (Deno.serve's
-   * `info.completed`); with it the engine's body goes to the client untouched (Deno's fast path),
-   * without it the body is piped through a stream that notices its end.
-   * `wants`: the engine this request must be served by (on demand); null = the active one.
-   * `client`: the client's address, for X-Forwarded-For.
+   * Forward one request (see `Forwarding`), holding it while no engine it may go to serves.
    */
-  async handle(
-    req: Request,
-    completed?: Promise<void>,
-    wants: string | null = null,
-    client?: string,
-  ): Promise<Response> {
+  async handle(req: Request, at: Forwarding = {}): Promise<Response> {
+    const { completed, client } = at;
+    let wants = at.wants ?? null;
     if (req.headers.get("upgrade")) {
       return this.answerOwn(this.#refusal(
         "bad_request",
@@ -482,14 +508,20 @@ export class Gate {
         }
         if (body === undefined) {
           // Read only now, once an engine takes it: a held request costs no body in memory.
+          // Bytes on demand has read already are counted by it.
           const length = Number(req.headers.get("content-length") ?? NaN);
-          if (req.body !== null && length <= REPLAYABLE_BYTES && this.budget.take(length)) {
-            buffered = length;
+          const room = Math.max(0, length - (at.counted ?? 0));
+          if (req.body !== null && length <= REPLAYABLE_BYTES && this.budget.take(room)) {
+            buffered = room;
+            const generation = this.#generation;
             try {
               body = await req.arrayBuffer();
             } catch {
               return this.#clientGone(); // the upload was cut off: nobody to answer
             }
+            // While the body came in, the request was neither held nor in flight: a drain did
+            // not wait for it, and a swap may have taken the engine away. Decide again.
+            if (this.#generation !== generation || this.#upstream === null) continue;
           } else body = req.body;
         }
         const replayable = !(body instanceof ReadableStream);
@@ -600,11 +632,13 @@ export class Gate {
     if (this.#lost !== null || !this.options.serving) return;
     this.#upstream = null;
     this.#stopped = null;
+    this.#closedBySwap = false;
     this.#lost = upstream;
     this.#lostEngine = engine;
     this.#closedAt = Date.now();
+    const epoch = ++this.#recovering;
     const poll = async () => {
-      if (this.#lost !== upstream) return; // a swap took over
+      if (this.#lost !== upstream || epoch !== this.#recovering) return; // taken over
       const found = await this.options.serving!(upstream).catch(() => false as const);
       if (found) {
         if (this.#lost === upstream) this.open(upstream, found.engine ?? engine);
@@ -711,7 +745,7 @@ export class Gate {
       });
     }
     // In flight until the last byte is relayed (or the client leaves): what drain waits for.
-    let out = answer.body;
+    let out: ReadableStream<Uint8Array> = answer.body;
     if (completed) {
       completed.then(() => finish(), () => finish());
       // The engine's response as it came, when nothing in it belongs to this hop: Deno.serve
@@ -719,8 +753,25 @@ export class Gate {
       // docs/development.md "The gate's core, measured").
       if (!relocated && !HOP_BY_HOP.some((name) => answer.headers.has(name))) return answer;
     } else {
-      out = answer.body.pipeThrough(new TransformStream({ flush: () => finish() }), {
-        signal: req.signal,
+      // Done when the body ends, breaks off (an engine gone mid-stream, a cut) or is cancelled.
+      const reader = answer.body.getReader();
+      out = new ReadableStream<Uint8Array>({
+        async pull(c) {
+          try {
+            const { value, done } = await reader.read();
+            if (done) {
+              finish();
+              c.close();
+            } else c.enqueue(value);
+          } catch (e) {
+            finish();
+            c.error(e);
+          }
+        },
+        cancel(reason) {
+          finish();
+          return reader.cancel(reason);
+        },
       });
       req.signal.addEventListener("abort", () => finish(), { once: true });
     }
