@@ -394,7 +394,10 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
             ? "cut off in flight"
             : null);
         // Held, not failed, while it restarted and loaded: no client saw "Loading model".
-        assert(results.some((r) => r.ok && r.start > killedAt + 2000 && r.end - r.start > 5000));
+        assert(
+          results.some((r) => r.ok && r.start >= killedAt && r.end - r.start > 5000),
+          "no request was held through the restart",
+        );
         assert(results.every((r) => !/Loading model/.test(r.by)));
 
         // (b) The gate restarted while a swap holds it.
