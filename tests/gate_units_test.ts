@@ -27,7 +27,7 @@ import { resolveEngines } from "../lib/units/model.ts";
 import { parse as parseYaml } from "yaml";
 import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
 import { init } from "../lib/commands/init.ts";
-import { apiKeys, authorized, isLoopback, sameSecret } from "../lib/commands/gate.ts";
+import { apiKeys, authorized, isLoopback, sameSecret, serves } from "../lib/commands/gate.ts";
 import { FakeHost } from "./support/fake_host.ts";
 import { waitUntil, within } from "./support/wait.ts";
 import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
@@ -582,4 +582,12 @@ Deno.test("gate API keys: compared whole, byte for byte, whatever their lengths"
     new Request("http://x/", { headers: { authorization: `Bearer ${key}` } });
   assert(authorized(req("two"), ["one", "two", "three"]));
   assert(!authorized(req("tw"), ["one", "two", "three"]));
+});
+
+Deno.test("the gate opens to an engine that serves an older model than lychd.yaml names, not to one that loads", () => {
+  // init changed the model; the running engine still serves the old one until swap restarts it.
+  assert(serves("wrong-model"));
+  assert(serves("ready"));
+  assert(!serves("loading"));
+  assert(!serves("down"));
 });

@@ -13,7 +13,7 @@ import { Gate, openAiError } from "../gate/proxy.ts";
 import { controlFolder, controlRequest, serveControl } from "../gate/control.ts";
 import type { Host } from "../host.ts";
 import { OnDemand } from "../gate/on_demand.ts";
-import { probe } from "../readiness.ts";
+import { probe, type ProbeState } from "../readiness.ts";
 import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";
 import { GATE_METRICS_PATH, resolveEngines, soulstoneService } from "../units/model.ts";
@@ -54,7 +54,7 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
       // Whatever serves on the engine port now: ask systemd which one, then the engine itself.
       const name = await activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name));
       const engine = engines.find((e) => e.name === name);
-      if (engine === undefined || (await probe(host, engine, 1000)).state !== "ready") return false;
+      if (engine === undefined || !serves((await probe(host, engine, 1000)).state)) return false;
       return { engine: engine.name };
     },
   });
@@ -126,6 +126,15 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
   stopping = true;
   await Promise.all([front.shutdown(), control]);
   return EXIT.OK;
+}
+
+/**
+ * Whether an engine in this state takes requests. "wrong-model" does: it serves the model its
+ * running unit was started with, while lychd.yaml names another (init changed it; `lychd swap`
+ * restarts it). Holding its clients until then would hold them for good.
+ */
+export function serves(state: ProbeState): boolean {
+  return state === "ready" || state === "wrong-model";
 }
 
 async function activeEngine(host: Host, scope: string[], names: string[]): Promise<string | null> {
