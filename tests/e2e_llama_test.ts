@@ -243,7 +243,7 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
         assertMatch(r.stderr, /draining llama: 1 requests in flight/, await head());
         assertMatch(
           r.stderr,
-          /drain timeout \(3\.0 s\): stopping llama with 1 requests still in flight/,
+          /drain timeout \(3\.0 s\): cutting off 1 requests still in flight, then stopping llama/,
         );
         // The report counts the drain: clients were held from its start.
         assertMatch(r.stdout, /^vllm ready in [0-9.]+ s \(drained llama 3\.[0-9] s, /);
@@ -252,7 +252,7 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
         assert(stopped < 10, `llama.cpp's stop took ${stopped} s`);
         const s = await stream;
         console.log(`  the streaming client: ${s.stdout.trim()}`);
-        // Cut off mid-stream (curl 18: a partial transfer) by the stop after the drain timeout.
+        // Cut off mid-stream (curl 18: a partial transfer) by the gate after the drain timeout.
         assertMatch(s.stdout, /curl=18/);
         await guest(["rm", "-f", streamFile]);
         await activeIs("vllm");
