@@ -501,7 +501,7 @@ Deno.test("swap behind the gate: a gate that will not start fails the swap befor
   assertEquals(error.exitCode, EXIT.NOT_SERVING);
   assertMatch(
     error.message,
-    /the gate \(lychd-gate\.service\) was started but did not answer within 30 s/,
+    /the gate \(lychd-gate\.service\) was started but did not answer within 60 s/,
   );
   assertEquals(fs.state("soulstone-llama.service").state, "active");
   assertEquals(fs.state("soulstone-vllm.service").state, "inactive");

@@ -358,8 +358,11 @@ function gateLost(setup: Setup, engine: string): string {
     }\`.\n`;
 }
 
-/** How long a gate that is (re)starting has to answer on its control folder. */
-const GATE_START_MS = 30_000;
+/**
+ * How long a gate that is (re)starting has to answer on its control folder: a gate restarted
+ * during a swap may first take its whole stop timeout (TimeoutStopSec=35) to let go.
+ */
+const GATE_START_MS = 60_000;
 
 interface HeldAtGate {
   client: GateClient;
