@@ -4,6 +4,7 @@
  * client abort reaches the engine, 10 MB bodies pass both ways, hop-by-hop headers stop at the
  * gate, held requests go in arrival order, and too long or too many held get an OpenAI-shaped 503.
  */
+import { closedPort } from "./support/ports.ts";
 import { Gate, type GateOptions } from "../lib/gate/proxy.ts";
 import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { waitUntil, within } from "./support/wait.ts";
@@ -332,11 +333,3 @@ Deno.test("gate: an engine that refuses the connection is a 503 in the same erro
     gate.dispose();
   }
 });
-
-/** A loopback port nothing listens on (it was just free). */
-export function closedPort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}

@@ -1,0 +1,7 @@
+/** A loopback port nothing listens on (it was free a moment ago): connections to it are refused. */
+export function closedPort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
