@@ -422,6 +422,10 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
               ? "503 restarting"
               : says(f, "engine_lost") || says(f, "cut_by_swap")
               ? "cut off in flight"
+              // The restarted gate knows of no swap: it opens to llama, which the swap then
+              // stops; a request llama refused is not sent to vllm (it may name llama's model).
+              : says(f, "swapped_out")
+              ? "refused by llama, then swapped out"
               // Refused (or its kept-alive connection closed) until the new gate listened.
               : f.status === 0 && f.start <= answeringAt
               ? "refused while restarting"

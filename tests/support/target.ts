@@ -154,7 +154,29 @@ export async function openTarget(mode: Mode, privateDirs: string[] = []): Promis
     : await openSandbox(mode, privateDirs);
 }
 
+/**
+ * Held while a test file has a guest: the sandbox has one guest, `sdsandbox up` takes down any
+ * other, and `deno test --parallel` runs test files side by side. An flock, so a test process
+ * that dies lets go of it.
+ */
+const GUEST_LOCK = "/tmp/lychd-e2e-guest.lock";
+
 async function openSandbox(mode: Mode, privateDirs: string[]): Promise<Target> {
+  const lock = await Deno.open(GUEST_LOCK, { create: true, write: true });
+  await lock.lock(true);
+  try {
+    return await bootSandbox(mode, privateDirs, lock);
+  } catch (e) {
+    lock.close();
+    throw e;
+  }
+}
+
+async function bootSandbox(
+  mode: Mode,
+  privateDirs: string[],
+  lock: Deno.FsFile,
+): Promise<Target> {
   const up = await sdsandbox([
     "up",
     ...privateDirs.flatMap((d) => ["--private", d]),
@@ -215,7 +237,11 @@ async function openSandbox(mode: Mode, privateDirs: string[]): Promise<Target> {
       return name;
     },
     async close() {
-      must(await sdsandbox(["down"]), "sdsandbox down");
+      try {
+        must(await sdsandbox(["down"]), "sdsandbox down");
+      } finally {
+        lock.close();
+      }
     },
   };
 }
