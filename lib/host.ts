@@ -77,6 +77,8 @@ export interface Host {
    * function or, whatever happens, when the process ends (flock).
    */
   lock(path: string, timeoutMs: number, onWait: () => void): Promise<() => void>;
+  /** Whether another lychd holds the lock on `path` now (no file: nobody does). */
+  locked(path: string): Promise<boolean>;
   /** Milliseconds on the wall clock, with sub-millisecond precision. */
   now(): number;
   sleep(ms: number): Promise<void>;
@@ -403,6 +405,21 @@ export const denoHost: Host = {
         file.close();
       } catch { /* already released */ }
     };
+  },
+
+  async locked(path) {
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch {
+      return false;
+    }
+    try {
+      // A shared lock is refused only while someone holds the exclusive one (lychd's lock).
+      return !(await file.tryLock(false));
+    } finally {
+      file.close(); // drops the shared lock too
+    }
   },
 
   now: () => performance.timeOrigin + performance.now(),

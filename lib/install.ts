@@ -24,16 +24,21 @@ import { systemctl } from "./systemctl.ts";
 const LOCK_TIMEOUT_MS = 10 * 60 * 1000;
 
 /**
- * Run `fn` holding lychd's lock for this mode, so that two inits or swaps never interleave.
- * The lock is an flock on <data>/lychd.lock: the kernel drops it when its holder dies, so a
- * killed lychd never leaves a stale lock behind.
+ * lychd's lock for this mode, an flock on <data>/lychd.lock: the kernel drops it when its holder
+ * dies, so a killed lychd never leaves a stale lock behind.
  */
+export function lockPath(loc: Locations): string {
+  return `${loc.dataDir}/lychd.lock`;
+}
+
+/** Run `fn` holding lychd's lock for this mode, so that two inits or swaps never interleave. */
+
 export async function withLock<T>(host: Host, loc: Locations, fn: () => Promise<T>): Promise<T> {
   await host.mkdirp(loc.dataDir, 0o755);
   let release: () => void;
   try {
     release = await host.lock(
-      `${loc.dataDir}/lychd.lock`,
+      lockPath(loc),
       LOCK_TIMEOUT_MS,
       () =>
         host.err("Another lychd command (init or swap) is running; waiting for it to finish...\n"),

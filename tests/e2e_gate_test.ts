@@ -246,6 +246,14 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
         console.log(`  swaps: ${report.join(", ")}; rollback ${((t1 - t0) / 1000).toFixed(1)} s`);
         console.log(`  ${summary(results)}`);
         const failed = results.filter((r) => !r.ok);
+        if (failed.length > 0) {
+          // Where each failure fell among the swaps, and what the gate logged then.
+          const near = (f: Outcome) =>
+            periods.filter((p) => p.to >= f.start - 3000 && p.from <= f.end + 3000)
+              .map((p) => `${p.engines.join("->")} ${p.from - f.start}..${p.to - f.start} ms`);
+          for (const f of failed.slice(0, 5)) console.log(`  ${JSON.stringify(f)}: ${near(f)}`);
+          console.log((await lychd("logs", ...flags, "gate", "-n", "60")).stdout);
+        }
         assertEquals(
           failed.length,
           0,
@@ -422,10 +430,6 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
               ? "503 restarting"
               : says(f, "engine_lost") || says(f, "cut_by_swap")
               ? "cut off in flight"
-              // The restarted gate knows of no swap: it opens to llama, which the swap then
-              // stops; a request llama refused is not sent to vllm (it may name llama's model).
-              : says(f, "swapped_out")
-              ? "refused by llama, then swapped out"
               // Refused (or its kept-alive connection closed) until the new gate listened.
               : f.status === 0 && f.start <= answeringAt
               ? "refused while restarting"

@@ -27,7 +27,14 @@ import { resolveEngines } from "../lib/units/model.ts";
 import { parse as parseYaml } from "yaml";
 import { engineOverrides, type EngineScript, FakeSystemd } from "./support/fake_systemd.ts";
 import { init } from "../lib/commands/init.ts";
-import { apiKeys, authorized, isLoopback, sameSecret, serves } from "../lib/commands/gate.ts";
+import {
+  apiKeys,
+  authorized,
+  isLoopback,
+  openAfterSwaps,
+  sameSecret,
+  serves,
+} from "../lib/commands/gate.ts";
 import { FakeHost } from "./support/fake_host.ts";
 import { waitUntil, within } from "./support/wait.ts";
 import { swap, swapDefaults, type SwapOptions } from "../lib/commands/swap.ts";
@@ -590,4 +597,72 @@ Deno.test("the gate opens to an engine that serves an older model than lychd.yam
   assert(serves("ready"));
   assert(!serves("loading"));
   assert(!serves("down"));
+});
+
+Deno.test("a gate started while a swap holds lychd's lock holds requests until the swap opens it", async () => {
+  // Two engines that say who they are: the one serving when the gate starts, and the swap's.
+  const engine = (name: string) =>
+    Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => new Response(name));
+  const old = engine("old");
+  const next = engine("new");
+  const url = (s: Deno.HttpServer<Deno.NetAddr>) => `http://127.0.0.1:${s.addr.port}`;
+  let locked = true;
+  let looks = 0; // at the lock
+  let probes = 0; // of the engine
+  const said: string[] = [];
+  const host = {
+    locked: () => (looks++, Promise.resolve(locked)),
+    sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+    err: (t: string) => void said.push(t),
+  };
+  const start = () => {
+    const gate = new Gate(url(old), {
+      holdTimeoutMs: 60_000,
+      maxHeld: 10,
+      serving: () => (probes++, Promise.resolve({ engine: "old" })),
+    });
+    const opened = openAfterSwaps(host, gate, {
+      lockPath: "/var/lib/lychd/lychd.lock",
+      holdMs: 60_000,
+      upstream: url(old),
+      running: () => Promise.resolve("old"),
+    });
+    return { gate, opened };
+  };
+  const answer = async (gate: Gate) =>
+    await (await gate.handle(new Request("http://127.0.0.1:8081/v1/models"))).text();
+  try {
+    // Restarted mid-swap: "old" still serves, but the swap is about to stop it.
+    const a = start();
+    const held = answer(a.gate);
+    await waitUntil(() => a.gate.counts().held === 1, "the request to be held");
+    await waitUntil(() => looks >= 3, "the gate to look at the lock again");
+    // Waiting for the swap: "old" was never probed, so never opened to.
+    assertDeep([probes, a.gate.counts().held], [0, 1]);
+    a.gate.open(url(next), "new"); // the swap's /open
+    locked = false;
+    await a.opened;
+    assertEquals(await held, "new");
+    assertMatch(said.join(""), /a swap is under way: holding requests/);
+    assertEquals(a.gate.engine(), "new");
+    a.gate.dispose();
+
+    // A swap that ended without opening it (it died): the gate opens to what serves.
+    locked = true;
+    const b = start();
+    const orphan = answer(b.gate);
+    await waitUntil(() => b.gate.counts().held === 1, "the request to be held");
+    locked = false;
+    await b.opened;
+    assertEquals(await orphan, "old");
+    b.gate.dispose();
+
+    // No swap under way: it opens to the engine that serves, as soon as it is probed.
+    const c = start();
+    await c.opened;
+    assertEquals(await answer(c.gate), "old");
+    c.gate.dispose();
+  } finally {
+    await Promise.all([old.shutdown(), next.shutdown()]);
+  }
 });

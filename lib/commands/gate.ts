@@ -14,6 +14,7 @@ import { controlFolder, controlRequest, serveControl } from "../gate/control.ts"
 import type { Host } from "../host.ts";
 import { OnDemand } from "../gate/on_demand.ts";
 import { probe, type ProbeState } from "../readiness.ts";
+import { lockPath } from "../install.ts";
 import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";
 import { GATE_METRICS_PATH, resolveEngines, soulstoneService } from "../units/model.ts";
@@ -59,8 +60,13 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
     },
   });
   // Open only once the engine really serves (probed): a loading llama.cpp answers 503, which
-  // no client should see.
-  gate.recover(upstream, running);
+  // no client should see. Not while a swap is under way: it opens the gate itself.
+  openAfterSwaps(host, gate, {
+    lockPath: lockPath(setup.loc),
+    holdMs: holdSec * 1000,
+    upstream,
+    running: () => activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name)),
+  });
   let keys = await apiKeys(host, config);
   // A key added or revoked takes effect without a restart (which would cut requests in flight).
   Deno.addSignalListener("SIGHUP", () => {
@@ -126,6 +132,31 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
   stopping = true;
   await Promise.all([front.shutdown(), control]);
   return EXIT.OK;
+}
+
+/** How often a gate started during a swap looks whether the swap has ended. */
+const SWAP_POLL_MS = 250;
+
+/**
+ * Open a starting gate to the engine that serves, once no swap (or init) holds lychd's lock.
+ * systemd may restart the gate while a swap drains the old engine: opened to it then, the gate
+ * would send requests to an engine about to stop, to be refused and answered with a 503. It holds
+ * them instead, until the swap opens the gate (as it does with the gate it closed), or, should
+ * the swap end without doing so, until the lock is free.
+ */
+export async function openAfterSwaps(
+  host: Pick<Host, "locked" | "sleep" | "err">,
+  gate: Gate,
+  at: { lockPath: string; holdMs: number; upstream: string; running: () => Promise<string | null> },
+): Promise<void> {
+  gate.close(at.holdMs); // until it is known whether a swap is under way
+  if (await host.locked(at.lockPath)) {
+    host.err("lychd gate: a swap is under way: holding requests until it opens the gate\n");
+    while (await host.locked(at.lockPath)) await host.sleep(SWAP_POLL_MS);
+    // The swap opened it, or sent it to recover, or lychd stop came after.
+    if (gate.isOpen() || gate.target() !== null || gate.stopped() !== null) return;
+  }
+  gate.recover(at.upstream, await at.running());
 }
 
 /**

@@ -176,6 +176,12 @@ export class FakeHost implements Host {
     return Promise.resolve(() => {});
   }
 
+  /** Lock files another lychd holds now. */
+  lockedPaths = new Set<string>();
+  locked(path: string) {
+    return Promise.resolve(this.lockedPaths.has(path));
+  }
+
   clock = 1_700_000_000_000;
 
   now() {
