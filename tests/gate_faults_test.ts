@@ -229,6 +229,37 @@ Deno.test("faults: a query of death crashes its engine once, not three times", a
   }
 });
 
+Deno.test("faults: after an engine went away mid-request, the next requests are held until it serves again", async () => {
+  // Dead behind a port that still accepts (rootless Podman's port forwarder does, for a killed
+  // container): every connection is taken and closed. Sent there, each request would be a 502.
+  let dead = true;
+  const alpha = engine("alpha", () => dead ? "drop" : new Response('{"from":"alpha"}'));
+  const front = gateFront(alpha.url, () => dead ? false : { engine: "alpha" });
+  front.gate.open(alpha.url, "alpha");
+  try {
+    await expectOutcome(await post(front.url, '{"n":1}'), "engine_lost");
+    const answer = post(front.url, '{"n":2}');
+    let held = false;
+    await Promise.race([
+      waitUntil(() => front.gate.counts().held === 1, "the next request to be held")
+        .then(() => held = true),
+      answer.then(async (r) => {
+        if (held) return;
+        throw new Error(
+          `answered while the engine was away: ${r.status} ${await r.clone().text()}`,
+        );
+      }),
+    ]);
+    dead = false; // systemd restarted it
+    const r = await answer;
+    assertDeep([r.status, await r.text()], [200, '{"from":"alpha"}']);
+    assertDeep([alpha.ran.get('{"n":1}'), alpha.ran.get('{"n":2}')], [1, 1]);
+  } finally {
+    await front.close();
+    await alpha.close();
+  }
+});
+
 Deno.test("faults: a refused request is held and sent once more to the same engine when it serves again", async () => {
   const port = closedPort();
   let alpha: Engine | null = null;

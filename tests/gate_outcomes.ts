@@ -56,7 +56,8 @@ export const OUTCOMES: Outcome[] = [
   },
   {
     id: "engine_lost",
-    when: "the engine dropped the connection after it had the request (a crash, a kill)",
+    when: "the engine dropped the connection after it had the request (a crash, a kill); " +
+      "the requests after it are held until the engine is probed serving",
     status: 502,
     says: "the engine went away mid-request (...); it may have run part of it, so lychd did " +
       "not send it again",

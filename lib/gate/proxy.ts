@@ -714,6 +714,10 @@ export class Gate {
           this.#retryAfterSec(),
         );
       }
+      // The engine may be gone (crashed, killed): hold the next requests until it is probed
+      // serving again, rather than send them after it. (Behind rootless Podman's port
+      // forwarder a dead engine's port still accepts, so nothing would ever be refused.)
+      if (this.#upstream === upstream) this.recover(upstream, engine || null);
       const cause = (e as { cause?: Error }).cause?.message ?? (e as Error).message;
       return this.#engineError(
         engine,
