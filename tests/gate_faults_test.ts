@@ -840,3 +840,58 @@ Deno.test("faults: docs/gate.md shows the outcomes table as tests/gate_outcomes.
     `docs/gate.md's table should read:\n${outcomesTable()}`,
   );
 });
+
+Deno.test("faults: a recovery's probe that comes back after a newer recovery began opens nothing", async () => {
+  // Every engine sits behind the same engine port: only the newest probe may open the gate.
+  const probes: ((found: { engine: string } | false) => void)[] = [];
+  const gate = new Gate(null, {
+    holdTimeoutMs: 30_000,
+    maxHeld: 16,
+    serving: () => new Promise((r) => probes.push(r)),
+    probeIntervalMs: 20,
+  });
+  const upstream = "http://127.0.0.1:9";
+  try {
+    gate.recover(upstream, "alpha"); // alpha crashed: probing
+    await waitUntil(() => probes.length === 1, "the first probe");
+    gate.open(upstream, "beta"); // a swap put beta there meanwhile
+    gate.recover(upstream, "beta"); // and beta went away too
+    await waitUntil(() => probes.length === 2, "beta's probe");
+    probes[0]({ engine: "alpha" }); // the first probe's answer, late
+    await sleep(0);
+    assertDeep([gate.isOpen(), gate.target()], [false, "beta"]);
+    probes[1]({ engine: "beta" });
+    await waitUntil(() => gate.isOpen(), "the gate to open to beta");
+    assertEquals(gate.engine(), "beta");
+  } finally {
+    gate.shutdown();
+    gate.dispose();
+  }
+});
+
+Deno.test("faults: a client that cuts off its streamed upload does not make the gate doubt its engine", async () => {
+  const upstream = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
+    await req.arrayBuffer().catch(() => {});
+    return new Response("ok");
+  });
+  const url = `http://127.0.0.1:${upstream.addr.port}`;
+  let probes = 0;
+  const front = gateFront(url, () => (probes++, { engine: "alpha" }));
+  front.gate.open(url, "alpha");
+  const port = Number(new URL(front.url).port);
+  try {
+    // 4 MiB announced (streamed: over the 1 MiB the gate keeps for a resend), 1 MiB sent.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(new TextEncoder().encode(
+      `POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: ${4 << 20}\r\n\r\n`,
+    ));
+    await conn.write(new Uint8Array(1 << 20));
+    await waitUntil(() => front.gate.counts().inFlight === 1, "the upload to be forwarded");
+    conn.close();
+    await waitUntil(() => front.gate.counts().inFlight === 0, "the request to end");
+    assertDeep([front.gate.isOpen(), probes], [true, 0]);
+  } finally {
+    await front.close();
+    await upstream.shutdown();
+  }
+});

@@ -624,6 +624,7 @@ Deno.test("a gate started while a swap holds lychd's lock holds requests until t
     const opened = openAfterSwaps(host, gate, {
       lockPath: "/var/lib/lychd/lychd.lock",
       holdMs: 60_000,
+      swapHoldMs: 90_000,
       upstream: url(old),
       running: () => Promise.resolve("old"),
     });
@@ -665,4 +666,55 @@ Deno.test("a gate started while a swap holds lychd's lock holds requests until t
   } finally {
     await Promise.all([old.shutdown(), next.shutdown()]);
   }
+});
+
+Deno.test("a starting gate keeps what it is told while it looks (a swap's close, lychd stop), and on demand is asked again", async () => {
+  const host = {
+    locked: () => Promise.resolve(false),
+    sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+    err: () => {},
+  };
+  const start = (told: (gate: Gate) => void) => {
+    const gate = new Gate("http://127.0.0.1:9", {
+      holdTimeoutMs: 60_000,
+      maxHeld: 10,
+      serving: () => Promise.resolve({ engine: "old" }),
+    });
+    let asked = 0;
+    gate.onHold = () => void asked++;
+    let answer: ((engine: string | null) => void) | null = null;
+    const opened = openAfterSwaps(host, gate, {
+      lockPath: "/var/lib/lychd/lychd.lock",
+      holdMs: 60_000,
+      swapHoldMs: 90_000,
+      upstream: "http://127.0.0.1:9",
+      // systemctl show, as slow as it likes: the gate is told something meanwhile.
+      running: () => new Promise<string | null>((r) => answer = r).then((e) => (told(gate), e)),
+    });
+    const reply = async (engine: string | null) => {
+      await waitUntil(() => answer !== null, "the gate to ask systemd what runs");
+      answer!(engine);
+      await opened;
+    };
+    return { gate, reply, asked: () => asked };
+  };
+  // lychd stop while it asked systemd: it stays stopped, not recovering to the old engine.
+  const stopped = start((g) => g.stop("nothing is active: lychd stop"));
+  await stopped.reply("old");
+  assertEquals(stopped.gate.stopped(), "nothing is active: lychd stop");
+  assertDeep([stopped.gate.isOpen(), stopped.gate.target()], [false, null]);
+
+  // A swap's close meanwhile: still closed for the swap, not probing the old engine.
+  const closed = start((g) => g.close(30_000));
+  await closed.reply("old");
+  assertDeep([closed.gate.closedBySwap(), closed.gate.target()], [true, null]);
+  closed.gate.dispose();
+
+  // Nothing said meanwhile: it recovers, and on demand decides again for what it held.
+  const plain = start(() => {});
+  await plain.reply("old");
+  assertEquals(plain.gate.target(), "old");
+  assert(plain.asked() >= 1, "on demand was not asked again");
+  plain.gate.shutdown();
+  plain.gate.dispose();
 });

@@ -64,6 +64,9 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
   openAfterSwaps(host, gate, {
     lockPath: lockPath(setup.loc),
     holdMs: holdSec * 1000,
+    // As `lychd swap` holds: the slowest start, the slowest stop, and 30 s.
+    swapHoldMs: (Math.max(...engines.map((e) => e.settings.startTimeoutSec)) +
+      Math.max(...engines.map((e) => e.settings.stopTimeoutSec)) + 30) * 1000,
     upstream,
     running: () => activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name)),
   });
@@ -141,22 +144,42 @@ const SWAP_POLL_MS = 250;
  * Open a starting gate to the engine that serves, once no swap (or init) holds lychd's lock.
  * systemd may restart the gate while a swap drains the old engine: opened to it then, the gate
  * would send requests to an engine about to stop, to be refused and answered with a 503. It holds
- * them instead, until the swap opens the gate (as it does with the gate it closed), or, should
- * the swap end without doing so, until the lock is free.
+ * them instead (up to `swapHoldMs`, a swap's longest), until the swap opens the gate as it does
+ * the gate it closed, or, should the swap end without doing so, until the lock is free. Whatever
+ * the gate is told meanwhile (a swap's open, `lychd stop`) stands.
  */
 export async function openAfterSwaps(
   host: Pick<Host, "locked" | "sleep" | "err">,
   gate: Gate,
-  at: { lockPath: string; holdMs: number; upstream: string; running: () => Promise<string | null> },
+  at: {
+    lockPath: string;
+    holdMs: number;
+    swapHoldMs: number;
+    upstream: string;
+    running: () => Promise<string | null>;
+  },
 ): Promise<void> {
   gate.close(at.holdMs); // until it is known whether a swap is under way
-  if (await host.locked(at.lockPath)) {
-    host.err("lychd gate: a swap is under way: holding requests until it opens the gate\n");
-    while (await host.locked(at.lockPath)) await host.sleep(SWAP_POLL_MS);
-    // The swap opened it, or sent it to recover, or lychd stop came after.
-    if (gate.isOpen() || gate.target() !== null || gate.stopped() !== null) return;
+  let mark = gate.changes();
+  try {
+    if (await host.locked(at.lockPath)) {
+      host.err("lychd gate: a swap is under way: holding requests until it opens the gate\n");
+      gate.close(at.swapHoldMs);
+      mark = gate.changes();
+      while (!gate.isShuttingDown() && await host.locked(at.lockPath)) {
+        await host.sleep(SWAP_POLL_MS);
+      }
+    }
+  } catch (e) {
+    // Not knowing is no reason to hold forever: open as a gate without a swap would.
+    host.err(`lychd gate: cannot tell whether a swap is under way: ${(e as Error).message}\n`);
   }
-  gate.recover(at.upstream, await at.running());
+  const running = await at.running().catch(() => null);
+  if (gate.changes() !== mark || gate.isShuttingDown()) return; // told what to do meanwhile
+  gate.recover(at.upstream, running);
+  // On demand waited while the gate was closed as if by a swap: the held requests may want a
+  // swap of their own now.
+  gate.onHold?.();
 }
 
 /**

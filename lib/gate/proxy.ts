@@ -248,6 +248,8 @@ export class Gate {
   #recovering = 0;
   /** The gate was closed by a swap (close()), which will open it; on demand waits for it. */
   #closedBySwap = false;
+  /** Counts what the gate was told (close, open, recover, stop): who acted since a look. */
+  #changes = 0;
   readonly budget: ByteBudget;
   /** Called whenever a request starts to wait (on demand decides then whether to swap). */
   onHold: (() => void) | null = null;
@@ -292,6 +294,16 @@ export class Gate {
     return this.#upstream !== null;
   }
 
+  /** Goes up whenever the gate is closed, opened, sent to recover or stopped. */
+  changes(): number {
+    return this.#changes;
+  }
+
+  /** SIGTERM came: the gate answers 503 and is about to exit. */
+  isShuttingDown(): boolean {
+    return this.#shuttingDown;
+  }
+
   /** A swap closed the gate and will open it (on demand starts no swap of its own then). */
   closedBySwap(): boolean {
     return this.#closedBySwap && this.#upstream === null && this.#lost === null;
@@ -313,6 +325,7 @@ export class Gate {
    * it serves.
    */
   close(holdTimeoutMs?: number, upstream?: string): void {
+    this.#changes++;
     if (holdTimeoutMs !== undefined) this.#holdTimeoutMs = holdTimeoutMs;
     const back = upstream ?? this.#upstream ?? this.#lost;
     const engine = this.target();
@@ -334,6 +347,7 @@ export class Gate {
    * back (no on demand).
    */
   open(upstream: string, engine: string | null = this.#engine): void {
+    this.#changes++;
     clearTimeout(this.#closedTimer);
     this.#lost = null;
     this.#stopped = null;
@@ -378,6 +392,7 @@ export class Gate {
    * with a 503 that says so. On demand still swaps for a request that names a model.
    */
   stop(message: string): void {
+    this.#changes++;
     clearTimeout(this.#closedTimer);
     this.#upstream = null;
     this.#lost = null;
@@ -394,6 +409,10 @@ export class Gate {
    */
   shutdown(): void {
     this.#shuttingDown = true;
+    // Nothing left to wait for: no timer or probe loop keeps the process from exiting.
+    clearTimeout(this.#closedTimer);
+    this.#recovering++;
+    this.#lost = null;
     const gone = this.#held.splice(0);
     for (const w of gone) {
       w.refuse(this.#refusal("shutting_down", 503, "lychd: the gate is restarting", 2));
@@ -629,7 +648,8 @@ export class Gate {
 
   /** Hold new requests and poll `upstream` until it serves, then open to it again. */
   recover(upstream: string, engine: string | null): void {
-    if (this.#lost !== null || !this.options.serving) return;
+    if (this.#lost !== null || !this.options.serving || this.#shuttingDown) return;
+    this.#changes++;
     this.#upstream = null;
     this.#stopped = null;
     this.#closedBySwap = false;
@@ -640,8 +660,10 @@ export class Gate {
     const poll = async () => {
       if (this.#lost !== upstream || epoch !== this.#recovering) return; // taken over
       const found = await this.options.serving!(upstream).catch(() => false as const);
+      // Taken over while it probed (a swap opened, a newer recovery): its answer is stale.
+      if (this.#lost !== upstream || epoch !== this.#recovering) return;
       if (found) {
-        if (this.#lost === upstream) this.open(upstream, found.engine ?? engine);
+        this.open(upstream, found.engine ?? engine);
         return;
       }
       setTimeout(poll, this.options.probeIntervalMs ?? 250);
@@ -717,7 +739,10 @@ export class Gate {
       // The engine may be gone (crashed, killed): hold the next requests until it is probed
       // serving again, rather than send them after it. (Behind rootless Podman's port
       // forwarder a dead engine's port still accepts, so nothing would ever be refused.)
-      if (this.#upstream === upstream) this.recover(upstream, engine || null);
+      // A streamed upload may have failed on the client's side instead: no conclusion then.
+      if (this.#upstream === upstream && !(body instanceof ReadableStream)) {
+        this.recover(upstream, engine || null);
+      }
       const cause = (e as { cause?: Error }).cause?.message ?? (e as Error).message;
       return this.#engineError(
         engine,

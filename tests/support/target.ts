@@ -149,34 +149,36 @@ function lychdArgv(denoDir: string | null, args: string[]): string[] {
  * must not exist yet and are removed again by close().
  */
 export async function openTarget(mode: Mode, privateDirs: string[] = []): Promise<Target> {
-  return where() === "host"
-    ? await openHost(mode, privateDirs)
-    : await openSandbox(mode, privateDirs);
-}
-
-/**
- * Held while a test file has a guest: the sandbox has one guest, `sdsandbox up` takes down any
- * other, and `deno test --parallel` runs test files side by side. An flock, so a test process
- * that dies lets go of it.
- */
-const GUEST_LOCK = "/tmp/lychd-e2e-guest.lock";
-
-async function openSandbox(mode: Mode, privateDirs: string[]): Promise<Target> {
-  const lock = await Deno.open(GUEST_LOCK, { create: true, write: true });
+  const lock = await Deno.open(TARGET_LOCK, { create: true, write: true });
   await lock.lock(true);
   try {
-    return await bootSandbox(mode, privateDirs, lock);
+    const target = where() === "host"
+      ? await openHost(mode, privateDirs)
+      : await openSandbox(mode, privateDirs);
+    return {
+      ...target,
+      async close() {
+        try {
+          await target.close();
+        } finally {
+          lock.close();
+        }
+      },
+    };
   } catch (e) {
     lock.close();
     throw e;
   }
 }
 
-async function bootSandbox(
-  mode: Mode,
-  privateDirs: string[],
-  lock: Deno.FsFile,
-): Promise<Target> {
+/**
+ * Held while a test file has its target: the sandbox has one guest (`sdsandbox up` takes down
+ * any other), a host one systemd, and `deno test --parallel` runs test files side by side. An
+ * flock, so it is let go when its holder ends, however it ends.
+ */
+const TARGET_LOCK = "/tmp/lychd-e2e-target.lock";
+
+async function openSandbox(mode: Mode, privateDirs: string[]): Promise<Target> {
   const up = await sdsandbox([
     "up",
     ...privateDirs.flatMap((d) => ["--private", d]),
@@ -237,11 +239,7 @@ async function bootSandbox(
       return name;
     },
     async close() {
-      try {
-        must(await sdsandbox(["down"]), "sdsandbox down");
-      } finally {
-        lock.close();
-      }
+      must(await sdsandbox(["down"]), "sdsandbox down");
     },
   };
 }
