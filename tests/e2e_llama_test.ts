@@ -245,11 +245,16 @@ async function withLlama(t: Deno.TestContext, mode: Mode) {
           r.stderr,
           /drain timeout \(3\.0 s\): cutting off 1 requests still in flight, then stopping llama/,
         );
-        // The report counts the drain: clients were held from its start.
-        assertMatch(r.stdout, /^vllm ready in [0-9.]+ s \(drained llama 3\.[0-9] s, /);
+        // The report counts the drain: clients were held from its start. It waited out its 3 s
+        // (the generation lasts longer); how much longer the cut took depends on the machine.
+        const drained = Number(
+          r.stdout.match(/^vllm ready in [0-9.]+ s \(drained llama ([0-9.]+) s, /)?.[1],
+        );
+        assert(drained >= 3, r.stdout);
         const stopped = Number(r.stdout.match(/old engine stopped ([0-9.]+) s/)?.[1]);
         assert(Number.isFinite(stopped), r.stdout);
-        assert(stopped < 10, `llama.cpp's stop took ${stopped} s`);
+        // Its own 5 s stop timeout, then a kill: well under the 30 s default on any machine.
+        assert(stopped < 25, `llama.cpp's stop took ${stopped} s`);
         const s = await stream;
         console.log(`  the streaming client: ${s.stdout.trim()}`);
         // Cut off mid-stream (curl 18: a partial transfer) by the gate after the drain timeout.
