@@ -149,7 +149,7 @@ function lychdArgv(denoDir: string | null, args: string[]): string[] {
  * must not exist yet and are removed again by close().
  */
 export async function openTarget(mode: Mode, privateDirs: string[] = []): Promise<Target> {
-  const lock = await Deno.open(TARGET_LOCK, { create: true, write: true });
+  const lock = await openLockFile(TARGET_LOCK);
   await lock.lock(true);
   try {
     const target = where() === "host"
@@ -177,6 +177,16 @@ export async function openTarget(mode: Mode, privateDirs: string[] = []): Promis
  * flock, so it is let go when its holder ends, however it ends.
  */
 const TARGET_LOCK = "/tmp/lychd-e2e-target.lock";
+
+/** Read-only is enough for an flock, and lets another user lock a file root created. */
+async function openLockFile(path: string): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return await Deno.open(path, { create: true, write: true, mode: 0o644 });
+}
 
 async function openSandbox(mode: Mode, privateDirs: string[]): Promise<Target> {
   const up = await sdsandbox([
