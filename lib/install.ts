@@ -32,7 +32,6 @@ export function lockPath(loc: Locations): string {
 }
 
 /** Run `fn` holding lychd's lock for this mode, so that two inits or swaps never interleave. */
-
 export async function withLock<T>(host: Host, loc: Locations, fn: () => Promise<T>): Promise<T> {
   await host.mkdirp(loc.dataDir, 0o755);
   let release: () => void;
