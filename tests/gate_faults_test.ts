@@ -12,7 +12,7 @@ import { resolveConfig } from "../lib/config/load.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { outcome, outcomesTable } from "./gate_outcomes.ts";
 import { waitUntil } from "./support/wait.ts";
-import { closedPort } from "./support/ports.ts";
+import { freePort } from "./support/ports.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -197,7 +197,7 @@ Deno.test("faults: a query of death crashes its engine once, not three times", a
   // back (systemd restarts it).
   let crashes = 0;
   let up: Engine | null = null;
-  const port = closedPort();
+  const port = freePort();
   const start = () => {
     up = engine("alpha", async (body) => {
       if (body.includes("death")) {
@@ -261,7 +261,7 @@ Deno.test("faults: after an engine went away mid-request, the next requests are 
 });
 
 Deno.test("faults: a refused request is held and sent once more to the same engine when it serves again", async () => {
-  const port = closedPort();
+  const port = freePort();
   let alpha: Engine | null = null;
   const front = gateFront(`http://127.0.0.1:${port}`, () => alpha ? { engine: "alpha" } : false);
   front.gate.open(`http://127.0.0.1:${port}`, "alpha");
@@ -281,7 +281,7 @@ Deno.test("faults: a refused request is held and sent once more to the same engi
 });
 
 Deno.test("faults: a refused request whose engine was swapped out meanwhile is not sent to the new one", async () => {
-  const port = closedPort();
+  const port = freePort();
   let serving: { engine: string } | false = false;
   const front = gateFront(`http://127.0.0.1:${port}`, () => serving);
   front.gate.open(`http://127.0.0.1:${port}`, "alpha");
@@ -303,7 +303,7 @@ Deno.test("faults: a refused request whose engine was swapped out meanwhile is n
 });
 
 Deno.test("faults: refused, held, and refused again: a 503 that says it was not run (one resend in all)", async () => {
-  const port = closedPort();
+  const port = freePort();
   // The engine says it serves (its probe answered), but refuses this request's connection.
   let probes = 0;
   const front = gateFront(`http://127.0.0.1:${port}`, () => {

@@ -4,7 +4,7 @@
  * client abort reaches the engine, 10 MB bodies pass both ways, hop-by-hop headers stop at the
  * gate, held requests go in arrival order, and too long or too many held get an OpenAI-shaped 503.
  */
-import { closedPort } from "./support/ports.ts";
+import { freePort } from "./support/ports.ts";
 import { Gate, type GateOptions } from "../lib/gate/proxy.ts";
 import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { waitUntil, within } from "./support/wait.ts";
@@ -322,7 +322,7 @@ Deno.test("gate: drain waits for a stream that is still being relayed", async ()
 });
 
 Deno.test("gate: an engine that refuses the connection is a 503 in the same error shape, saying the request was not run", async () => {
-  const gate = new Gate(`http://127.0.0.1:${closedPort()}`, { holdTimeoutMs: 1000, maxHeld: 1 });
+  const gate = new Gate(`http://127.0.0.1:${freePort()}`, { holdTimeoutMs: 1000, maxHeld: 1 });
   try {
     const r = await gate.handle(new Request("http://127.0.0.1:8081/v1/models"));
     assertEquals(r.status, 503);

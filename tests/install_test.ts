@@ -3,7 +3,7 @@
  * host with fake release folders. Every failure must say why, exit non-zero and install nothing.
  */
 import { assert, assertEquals, assertMatch } from "./support/assert.ts";
-import { freePort } from "./support/prometheus_server.ts";
+import { freePort } from "./support/ports.ts";
 
 const SCRIPT = new URL("../scripts/install.sh", import.meta.url).pathname;
 const TARGET = "x86_64-unknown-linux-gnu";

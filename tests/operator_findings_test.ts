@@ -12,6 +12,7 @@ import { EXIT } from "../lib/exit.ts";
 import { denoHost } from "../lib/host.ts";
 import { locations } from "../lib/paths.ts";
 import { printable } from "../lib/text.ts";
+import { freePort } from "./support/ports.ts";
 import { assert, assertDeep, assertEquals, assertMatch, assertRejects } from "./support/assert.ts";
 import {
   engineOverrides,
@@ -288,10 +289,7 @@ Deno.test('19: a connection closed without an answer is said so, not "fetch fail
     listener.close();
     await accepting.catch(() => {});
   }
-  const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const freePort = (free.addr as Deno.NetAddr).port;
-  free.close();
-  assertDeep(await denoHost.httpGet(`http://127.0.0.1:${freePort}/`, 2000), { error: "refused" });
+  assertDeep(await denoHost.httpGet(`http://127.0.0.1:${freePort()}/`, 2000), { error: "refused" });
 });
 
 /** The last systemctl calls on the engine's unit were a restart: for an NVIDIA engine, a stop,

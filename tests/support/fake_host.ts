@@ -176,10 +176,9 @@ export class FakeHost implements Host {
     return Promise.resolve(() => {});
   }
 
-  /** Lock files another lychd holds now. */
-  lockedPaths = new Set<string>();
-  locked(path: string) {
-    return Promise.resolve(this.lockedPaths.has(path));
+  /** No other lychd runs on the fake host. */
+  locked(_path: string) {
+    return Promise.resolve(false);
   }
 
   clock = 1_700_000_000_000;

@@ -1,4 +1,5 @@
 /** A real Prometheus server (Debian's package) on a loopback port of its own, for tests. */
+import { freePort } from "./ports.ts";
 import { TOOLS } from "./tools.ts";
 
 export interface PrometheusServer {
@@ -13,13 +14,6 @@ export interface PrometheusServer {
   ): Promise<{ metric: Record<string, string>; values: [number, string][] }[]>;
   rules(): Promise<{ name: string; evaluationTime: number; rules: unknown[] }[]>;
   stop(): Promise<void>;
-}
-
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 export async function startPrometheus(configFile: string): Promise<PrometheusServer> {
