@@ -10,7 +10,7 @@ import type { ConfigOptions, LychdConfig } from "../config/types.ts";
 import { LychdError } from "../errors.ts";
 import { EXIT } from "../exit.ts";
 import { Gate, openAiError } from "../gate/proxy.ts";
-import { controlFolder, controlRequest, serveControl } from "../gate/control.ts";
+import { controlFolder, controlRequest, LocalGate, serveControl } from "../gate/control.ts";
 import type { Host } from "../host.ts";
 import { OnDemand } from "../gate/on_demand.ts";
 import { probe, type ProbeState } from "../readiness.ts";
@@ -82,7 +82,8 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
   const onDemand = config.gate.onDemand
     ? new OnDemand(gate, engines, {
       minResidencyMs: config.gate.minResidencySec * 1000,
-      swap: (engine) => swapInProcess(host, options.config, engine),
+      swap: (engine) =>
+        swapInProcess(host, options.config, engine, new LocalGate(gate, upstream, since)),
       log: (line) => host.err(`${line}\n`),
     })
     : null;
@@ -243,12 +244,21 @@ export function isLoopback(address: string): boolean {
   return address === "::1" || address.startsWith("127.") || address === "::ffff:127.0.0.1";
 }
 
-/** On demand: the same swap as `lychd swap ENGINE`, run inside the gate (it drains the gate). */
-async function swapInProcess(host: Host, config: ConfigOptions, engine: string): Promise<boolean> {
+/**
+ * On demand: the swap of `lychd swap ENGINE`, run inside the gate (it drains the gate), except
+ * that the boot engine stays (SwapOptions.inGate).
+ */
+async function swapInProcess(
+  host: Host,
+  config: ConfigOptions,
+  engine: string,
+  inGate: LocalGate,
+): Promise<boolean> {
   const { swap, swapDefaults } = await import("./swap.ts");
   try {
     // The gate's own SIGTERM handling stays in charge: a swap run here must not exit the process.
-    return (await swap(host, { ...swapDefaults(config, engine), ownSignals: false })) === EXIT.OK;
+    const options = { ...swapDefaults(config, engine), ownSignals: false, inGate };
+    return (await swap(host, options)) === EXIT.OK;
   } catch (e) {
     host.err(`lychd gate: on-demand swap to ${engine} failed: ${(e as Error).message}\n`);
     return false;

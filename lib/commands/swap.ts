@@ -26,7 +26,7 @@ import {
 } from "../systemctl.ts";
 import { printable } from "../text.ts";
 import { describeHolders, waitForGpuMemory } from "../gpu.ts";
-import { controlFolder, GateClient } from "../gate/control.ts";
+import { controlFolder, GateClient, type GateControl } from "../gate/control.ts";
 import type { SwapRecord } from "../gate/proxy.ts";
 import type { LychdConfig } from "../config/types.ts";
 import { type Engine, GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
@@ -47,6 +47,13 @@ export interface SwapOptions {
    * in; false inside the gate (on demand), whose own shutdown handles them.
    */
   ownSignals?: boolean;
+  /**
+   * On demand: the gate the swap runs in (no round trips through its control folder), and the
+   * boot engine stays as it is (`active:` in lychd.yaml): a swap for one request does not
+   * rewrite lychd.yaml and the units and reload systemd, and a reboot starts the engine the
+   * operator chose.
+   */
+  inGate?: GateControl;
 }
 
 /** `lychd swap ENGINE` without flags (on demand runs exactly this). */
@@ -112,7 +119,12 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   // edited) or changed after it started (through init), a running target must be restarted, or
   // it keeps serving with its old settings. Moving [Install] (the boot engine) needs no restart.
   const writtenBefore = await startedBefore(host, unitFile, states[soulstoneService(target.name)]);
-  const { changed } = await installUnits(host, setup, text, activeIs(target.name, bootBefore));
+  const { changed } = await installUnits(
+    host,
+    setup,
+    text,
+    options.inGate ? [] : activeIs(target.name, bootBefore),
+  );
   const own = changed.find((c) => c.path === unitFile);
   const stale = targetRuns && !previous &&
     (writtenBefore ||
@@ -339,7 +351,7 @@ function report(
  */
 async function openGate(
   host: Host,
-  client: GateClient,
+  client: GateControl,
   engine: string,
   record: SwapRecord,
 ): Promise<boolean> {
@@ -365,14 +377,12 @@ function gateLost(setup: Setup, engine: string): string {
 const GATE_START_MS = 60_000;
 
 interface HeldAtGate {
-  client: GateClient;
+  client: GateControl;
   /** Seconds the drain took (undefined: no drain). */
   drainSec?: number;
   /** Whether it waited for requests in flight (rather than finding none). */
   drainWaited?: boolean;
 }
-
-const DRAIN_POLL_MS = 250;
 
 /**
  * Behind the gate: tell it to hold new requests (up to the new engine's start timeout, plus the
@@ -399,7 +409,7 @@ async function holdAtGate(
     );
     return null;
   }
-  const client = new GateClient(host, folder);
+  const client = options.inGate ?? new GateClient(host, folder);
   // After `lychd stop --all` the gate is down too: 8081 would refuse every client, whatever
   // the engine does. A swap brings it back first.
   if ((await client.status()) === null) await startGate(host, setup, client, progress);
@@ -439,7 +449,7 @@ async function holdAtGate(
       break;
     }
     progress.tick();
-    await host.sleep(DRAIN_POLL_MS);
+    await host.sleep(client.pollMs);
   }
   const drainSec = (host.now() - t0) / 1000;
   if (inFlight > 0) progress.note(`drained ${previous.name} in ${fmt(drainSec * 1000)}`);
@@ -447,7 +457,7 @@ async function holdAtGate(
 }
 
 /** Start lychd-gate.service and wait until it answers on its control folder; or say why not. */
-async function startGate(host: Host, setup: Setup, client: GateClient, progress: Progress) {
+async function startGate(host: Host, setup: Setup, client: GateControl, progress: Progress) {
   progress.phase(`starting the gate (${GATE_SERVICE}), which was not running`);
   const scope = setup.loc.systemctlScope;
   try {
@@ -494,7 +504,7 @@ async function switchTo(
   const scope = setup.loc.systemctlScope;
   const service = soulstoneService(engine.name);
   const t0 = host.now();
-  await installUnits(host, setup, text, activeIs(engine.name, bootBefore));
+  await installUnits(host, setup, text, options.inGate ? [] : activeIs(engine.name, bootBefore));
   const stopping = restart ? engine : previous;
   progress.phase(
     restart

@@ -41,8 +41,23 @@ export function controlFolder(loc: Locations): string | null {
 
 const TIMEOUT_MS = 5000;
 
+/** What a swap asks of the gate: the control requests above, and how often to look at it. */
+export interface GateControl {
+  /** How often a drain looks at the in-flight count (ms). */
+  readonly pollMs: number;
+  status(): Promise<GateStatus | null>;
+  close(holdMs: number): Promise<boolean>;
+  open(engine: string, swap?: SwapRecord): Promise<boolean>;
+  recover(engine: string | null): Promise<boolean>;
+  refuse(message: string, swap?: SwapRecord): Promise<boolean>;
+  stop(message: string): Promise<boolean>;
+  cut(): Promise<boolean>;
+}
+
 /** The client side, as swap and status use it; every call says null / false if no gate runs. */
-export class GateClient {
+export class GateClient implements GateControl {
+  /** Each look is a file written and answered (10-20 ms): not more often than this. */
+  readonly pollMs = 250;
   constructor(private host: Host, readonly folder: string) {}
 
   async status(): Promise<GateStatus | null> {
@@ -85,6 +100,48 @@ export class GateClient {
   async #post(path: string, body: unknown): Promise<boolean> {
     const r = await this.host.control(this.folder, "POST", path, body, TIMEOUT_MS);
     return !("error" in r) && r.status === 200;
+  }
+}
+
+/**
+ * The same requests made inside the gate's own process (an on-demand swap): the same
+ * `controlRequest`, without the folder's round trips, so a drain sees its end within 10 ms.
+ */
+export class LocalGate implements GateControl {
+  readonly pollMs = 10;
+  constructor(private gate: Gate, private upstream: string, private since: number) {}
+
+  status(): Promise<GateStatus | null> {
+    return Promise.resolve(gateStatus(this.gate, this.since));
+  }
+  close(holdMs: number): Promise<boolean> {
+    return this.#post("/close", { hold_ms: holdMs });
+  }
+  open(engine: string, swap?: SwapRecord): Promise<boolean> {
+    return this.#post("/open", { engine, swap });
+  }
+  recover(engine: string | null): Promise<boolean> {
+    return this.#post("/recover", { engine });
+  }
+  refuse(message: string, swap?: SwapRecord): Promise<boolean> {
+    return this.#post("/refuse", { message, swap });
+  }
+  stop(message: string): Promise<boolean> {
+    return this.#post("/stop", { message });
+  }
+  cut(): Promise<boolean> {
+    return this.#post("/cut", {});
+  }
+
+  async #post(path: string, body: unknown): Promise<boolean> {
+    const r = await controlRequest(
+      this.gate,
+      this.upstream,
+      this.since,
+      new Request(`http://lychd-gate${path}`, { method: "POST", body: JSON.stringify(body) }),
+    );
+    await r.body?.cancel();
+    return r.status === 200;
   }
 }
 

@@ -1,10 +1,15 @@
 /**
  * On demand (gate.on_demand): a request whose `model` names another configured engine's model
  * (or the engine's name) waits for that engine, and the gate swaps to it through the same
- * drain/hold path as `lychd swap`. Two clients alternating between two models must not thrash
- * the GPU: an engine that just became active stays at least `minResidencyMs` while requests for
- * it keep coming (one came within the last IDLE_MS, or one is in flight); requests for other
- * models are held meanwhile. docs/gate.md says how many swaps that allows.
+ * drain/hold path as `lychd swap`.
+ *
+ * When to swap (docs/gate.md, "On demand: when it swaps"): the oldest held request names the
+ * next engine (first come, first served among engines, so none starves). The active engine A
+ * goes as soon as it has nothing to do: nothing in flight and no request for it for a quiet
+ * window that grows with what a swap costs (quietMs; nothing is gained by making everyone wait
+ * for an idle engine). While requests for A keep coming, A stays `minResidencyMs` (two clients
+ * alternating two models must not thrash the GPU): so a request for B waits at most
+ * min_residency, then A's drain and the swap.
  *
  * An engine whose swap failed is not tried again at once: any API user could otherwise take the
  * working engine away, again and again, by naming a model that cannot start. It is refused with a
@@ -14,8 +19,15 @@ import { CLIENT_GONE, type Forwarding, type Gate, openAiError } from "./proxy.ts
 import { scanModel } from "./model_scan.ts";
 import type { Engine } from "../units/model.ts";
 
-/** An engine with no request for this long (and none in flight) may be swapped out at once. */
-export const IDLE_MS = 2000;
+/**
+ * The quiet window: an engine with nothing in flight and no request for this long may be swapped
+ * out before its residency is over. A quarter of what the last swap took, between QUIET_MIN_MS
+ * and QUIET_MAX_MS (QUIET_MAX_MS before any swap was timed): a client that sends its next request
+ * right after its last answer is not left behind by a cheap swap, and an expensive one (a real GPU
+ * model loads for tens of seconds) waits longer before it gives an engine away.
+ */
+export const QUIET_MIN_MS = 250;
+export const QUIET_MAX_MS = 2000;
 
 /** How long a request body is read for its `model` at most (an image request is large). */
 export const MODEL_SCAN_BYTES = 32 << 20;
@@ -46,6 +58,10 @@ export class OnDemand {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #now: () => number;
   #failed = new Map<string, Failed>();
+  /** When the last request in flight ended (the gate's onIdle). */
+  #idleAt = 0;
+  /** How long the last successful swap took (ms), null before one. */
+  #swapMs: number | null = null;
   /** Swaps started, for tests and the log. */
   swaps = 0;
 
@@ -59,6 +75,17 @@ export class OnDemand {
     this.#activeSince = this.#now();
     // Decide when a request has started to wait, not before: only then is it in the queue.
     gate.onHold = () => this.schedule();
+    // An engine whose last request has ended may be idle now: look again once it has been quiet.
+    gate.onIdle = () => {
+      this.#idleAt = this.#now();
+      this.schedule();
+    };
+  }
+
+  /** How long the active engine must have nothing to do before it may go (see QUIET_MIN_MS). */
+  quietMs(): number {
+    if (this.#swapMs === null) return QUIET_MAX_MS;
+    return Math.min(QUIET_MAX_MS, Math.max(QUIET_MIN_MS, this.#swapMs / 4));
   }
 
   /**
@@ -173,10 +200,16 @@ export class OnDemand {
     }
     const now = this.#now();
     const resident = now - this.#activeSince;
-    const busy = current !== null &&
-      (this.gate.counts().inFlight > 0 || now - (this.#lastFor.get(current) ?? 0) < IDLE_MS);
+    const inFlight = this.gate.counts().inFlight;
+    // Quiet since its last request came in or its last answer ended, whichever was later.
+    const quietFor = now - Math.max(this.#lastFor.get(current ?? "") ?? 0, this.#idleAt);
+    const busy = current !== null && (inFlight > 0 || quietFor < this.quietMs());
     if (busy && resident < this.options.minResidencyMs) {
-      this.#timer = setTimeout(() => this.schedule(), this.options.minResidencyMs - resident);
+      // Look again when the residency is over, or (nothing in flight) when the quiet window
+      // is; a request that ends first brings the look forward (onIdle).
+      const untilQuiet = inFlight > 0 ? Infinity : this.quietMs() - quietFor;
+      const wait = Math.min(this.options.minResidencyMs - resident, untilQuiet);
+      this.#timer = setTimeout(() => this.schedule(), wait);
       return;
     }
     this.#swapping = true;
@@ -184,11 +217,14 @@ export class OnDemand {
     this.options.log(
       `on demand: ${current ?? "no engine"} -> ${target} (${waiting.length} requests wait for it)`,
     );
+    const t0 = this.#now();
     this.options.swap(target).then((ok) => ok, () => false).then((ok) => {
       this.#swapping = false;
       this.#activeSince = this.#now();
-      if (ok) this.#failed.delete(target);
-      else {
+      if (ok) {
+        this.#failed.delete(target);
+        this.#swapMs = this.#activeSince - t0;
+      } else {
         const count = (this.#failed.get(target)?.count ?? 0) + 1;
         const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_MS * 2 ** (count - 1));
         this.#failed.set(target, { count, until: this.#now() + backoff });
