@@ -45,6 +45,14 @@ function scheduler(minResidencyMs: number, swapMs: number, clock: { now: number 
       swaps.push(engine);
       gate.close();
       clock.now += swapMs;
+      // As lychd swap reports it: its phases, the drain not counted in what it costs.
+      gate.recordSwap({
+        from: gate.target(),
+        to: engine,
+        result: "ok",
+        phases: { drain: 9, stop: swapMs / 4000, start: swapMs / 4000, load: swapMs / 2000 },
+        at: Date.now(),
+      });
       gate.open(url, engine);
       return Promise.resolve(true);
     },
@@ -92,22 +100,50 @@ Deno.test("on demand: an engine with nothing to do goes after a quarter of the l
     assertDeep(s.swaps, ["sglang"]);
     // That swap took 2 s on lychd's clock: the window is a quarter of it now.
     assertEquals(s.od.quietMs(), 500);
-    // sglang's request runs until 500 ms after the swap: quiet counts from its end, not its start.
+    // sglang's request runs until 2 s after the swap: quiet counts from its end, not its start.
     const t = clock.now;
     const long = s.ask("sglang", true);
     await waitUntil(() => s.gate.counts().inFlight === 1, "sglang's request in flight");
     const back = s.ask("vllm");
     await s.held(1);
-    clock.now = t + 500;
+    clock.now = t + 2000;
     s.finish();
     await within(long, "sglang's request");
     await s.idle();
-    clock.now = t + 500 + s.od.quietMs() - 1;
+    clock.now = t + 2000 + s.od.quietMs() - 1;
     s.od.schedule();
     assertDeep(s.swaps, ["sglang"], "swapped before sglang had been quiet since its last answer");
-    clock.now = t + 500 + s.od.quietMs();
+    clock.now = t + 2000 + s.od.quietMs();
     s.od.schedule();
     await within(back, "the swap back to vllm, long before its 60 s residency");
+    assertDeep(s.swaps, ["sglang", "vllm"]);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("on demand: an idle engine is not given away before it has served as long as the swap to it took (clients that pause cannot thrash it)", async () => {
+  const clock = { now: 0 };
+  const s = scheduler(60_000, 2000, clock);
+  try {
+    const first = s.ask("sglang");
+    await s.held(1);
+    clock.now = QUIET_MAX_MS;
+    s.od.schedule();
+    await within(first, "the swap to sglang");
+    await s.idle();
+    const t = clock.now;
+    // A client that asks for vllm while sglang's client pauses longer than the quiet window.
+    const other = s.ask("vllm");
+    await s.held(1);
+    for (const at of [s.od.quietMs(), 1000, 1999]) {
+      clock.now = t + at;
+      s.od.schedule();
+      assertDeep(s.swaps, ["sglang"], `given away ${at} ms after a swap that took 2000 ms`);
+    }
+    clock.now = t + 2000;
+    s.od.schedule();
+    await within(other, "the swap to vllm once sglang has served as long as its swap took");
     assertDeep(s.swaps, ["sglang", "vllm"]);
   } finally {
     await s.close();
@@ -182,7 +218,7 @@ Deno.test("on demand: the oldest held request picks the next engine, and every r
     // Both sglang requests ran before anything for llama, and before the next swap.
     assertDeep(s.served, ["vllm", "sglang", "sglang"]);
     await s.idle();
-    clock.now += s.od.quietMs();
+    clock.now += 1000; // sglang has served as long as its swap took (and been quiet)
     s.od.schedule();
     await within(Promise.all(held), "the llama requests");
     assertDeep(s.swaps, ["sglang", "llama"]);

@@ -5,11 +5,12 @@
  *
  * When to swap (docs/gate.md, "On demand: when it swaps"): the oldest held request names the
  * next engine (first come, first served among engines, so none starves). The active engine A
- * goes as soon as it has nothing to do: nothing in flight and no request for it for a quiet
- * window that grows with what a swap costs (quietMs; nothing is gained by making everyone wait
- * for an idle engine). While requests for A keep coming, A stays `minResidencyMs` (two clients
- * alternating two models must not thrash the GPU): so a request for B waits at most
- * min_residency, then A's drain and the swap.
+ * goes once it has nothing to do: nothing in flight and no request for it for a quiet window that
+ * grows with what a swap to A costs (quietMs), provided it has served at least as long as that
+ * swap took (so, whatever the clients do, no more than half the time goes to swapping). While
+ * requests for A keep coming, A stays `minResidencyMs` (two clients alternating two models must
+ * not thrash the GPU): so a request for B waits at most min_residency, then A's drain and the
+ * swap.
  *
  * An engine whose swap failed is not tried again at once: any API user could otherwise take the
  * working engine away, again and again, by naming a model that cannot start. It is refused with a
@@ -21,10 +22,11 @@ import type { Engine } from "../units/model.ts";
 
 /**
  * The quiet window: an engine with nothing in flight and no request for this long may be swapped
- * out before its residency is over. A quarter of what the last swap took, between QUIET_MIN_MS
- * and QUIET_MAX_MS (QUIET_MAX_MS before any swap was timed): a client that sends its next request
- * right after its last answer is not left behind by a cheap swap, and an expensive one (a real GPU
- * model loads for tens of seconds) waits longer before it gives an engine away.
+ * out before its residency is over. A quarter of what the swap to it took (its stop, start, load
+ * and warm-up), between QUIET_MIN_MS and QUIET_MAX_MS (QUIET_MAX_MS before one was timed): a
+ * client that sends its next request right after its last answer is not left behind by a cheap
+ * swap, and an engine that is expensive to bring back (a real GPU model loads for tens of
+ * seconds) is given away only after a longer quiet.
  */
 export const QUIET_MIN_MS = 250;
 export const QUIET_MAX_MS = 2000;
@@ -60,8 +62,8 @@ export class OnDemand {
   #failed = new Map<string, Failed>();
   /** When the last request in flight ended (the gate's onIdle). */
   #idleAt = 0;
-  /** How long the last successful swap took (ms), null before one. */
-  #swapMs: number | null = null;
+  /** What the last successful swap to each engine took (ms): its stop, start, load, warm-up. */
+  #cost = new Map<string, number>();
   /** Swaps started, for tests and the log. */
   swaps = 0;
 
@@ -82,10 +84,11 @@ export class OnDemand {
     };
   }
 
-  /** How long the active engine must have nothing to do before it may go (see QUIET_MIN_MS). */
-  quietMs(): number {
-    if (this.#swapMs === null) return QUIET_MAX_MS;
-    return Math.min(QUIET_MAX_MS, Math.max(QUIET_MIN_MS, this.#swapMs / 4));
+  /** How long `engine` must have nothing to do before it may go (see QUIET_MIN_MS). */
+  quietMs(engine: string | null = this.gate.target()): number {
+    const cost = this.#cost.get(engine ?? "");
+    if (cost === undefined) return QUIET_MAX_MS;
+    return Math.min(QUIET_MAX_MS, Math.max(QUIET_MIN_MS, cost / 4));
   }
 
   /**
@@ -201,14 +204,17 @@ export class OnDemand {
     const now = this.#now();
     const resident = now - this.#activeSince;
     const inFlight = this.gate.counts().inFlight;
+    const quiet = this.quietMs(current);
     // Quiet since its last request came in or its last answer ended, whichever was later.
     const quietFor = now - Math.max(this.#lastFor.get(current ?? "") ?? 0, this.#idleAt);
-    const busy = current !== null && (inFlight > 0 || quietFor < this.quietMs());
-    if (busy && resident < this.options.minResidencyMs) {
-      // Look again when the residency is over, or (nothing in flight) when the quiet window
-      // is; a request that ends first brings the look forward (onIdle).
-      const untilQuiet = inFlight > 0 ? Infinity : this.quietMs() - quietFor;
-      const wait = Math.min(this.options.minResidencyMs - resident, untilQuiet);
+    // Served at least as long as the swap to it took: then at most half the time is swapping.
+    const paidFor = this.#cost.get(current ?? "") ?? 0;
+    const idle = current === null || (inFlight === 0 && quietFor >= quiet && resident >= paidFor);
+    if (!idle && resident < this.options.minResidencyMs) {
+      // Look again when the residency is over, or (nothing in flight) when it may be idle; a
+      // request that ends first brings the look forward (onIdle).
+      const untilIdle = inFlight > 0 ? Infinity : Math.max(quiet - quietFor, paidFor - resident);
+      const wait = Math.min(this.options.minResidencyMs - resident, untilIdle);
       this.#timer = setTimeout(() => this.schedule(), wait);
       return;
     }
@@ -217,13 +223,20 @@ export class OnDemand {
     this.options.log(
       `on demand: ${current ?? "no engine"} -> ${target} (${waiting.length} requests wait for it)`,
     );
-    const t0 = this.#now();
+    const t0 = Date.now(); // SwapRecord.at is wall-clock time
     this.options.swap(target).then((ok) => ok, () => false).then((ok) => {
       this.#swapping = false;
       this.#activeSince = this.#now();
       if (ok) {
         this.#failed.delete(target);
-        this.#swapMs = this.#activeSince - t0;
+        // The swap's own phases, as it reported them to the gate (one that found the engine
+        // serving already reports none: it cost nothing to learn from).
+        const record = this.gate.lastSwap();
+        if (record?.to === target && record.result === "ok" && record.at >= t0) {
+          const sec = Object.entries(record.phases).filter(([p]) => p !== "drain")
+            .reduce((a, [, s]) => a + s, 0);
+          this.#cost.set(target, sec * 1000);
+        }
       } else {
         const count = (this.#failed.get(target)?.count ?? 0) + 1;
         const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_MS * 2 ** (count - 1));
