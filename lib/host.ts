@@ -44,6 +44,8 @@ export interface Host {
   exists(path: string): Promise<boolean>;
   /** When the file was last modified (ms since the epoch), or null if it does not exist. */
   modifiedAt(path: string): Promise<number | null>;
+  /** Set a file's modification (and access) time, ms since the epoch. */
+  setModifiedAt(path: string, ms: number): Promise<void>;
   /** The permission bits of a file or device, or null if it does not exist. */
   fileMode(path: string): Promise<number | null>;
   /** Where a symbolic link points, or null if `path` is not a link. */
@@ -296,6 +298,10 @@ export const denoHost: Host = {
       if (e instanceof Deno.errors.NotFound) return null;
       throw e;
     }
+  },
+
+  async setModifiedAt(path, ms) {
+    await Deno.utime(path, new Date(ms), new Date(ms));
   },
 
   async exists(path) {

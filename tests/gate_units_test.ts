@@ -21,7 +21,7 @@ import { resolveConfig } from "../lib/config/load.ts";
 import { ConfigError, LychdError } from "../lib/errors.ts";
 import { EXIT } from "../lib/exit.ts";
 import { Gate } from "../lib/gate/proxy.ts";
-import { controlRequest } from "../lib/gate/control.ts";
+import { controlRequest, LocalGate } from "../lib/gate/control.ts";
 import { OnDemand } from "../lib/gate/on_demand.ts";
 import { resolveEngines } from "../lib/units/model.ts";
 import { parse as parseYaml } from "yaml";
@@ -717,4 +717,17 @@ Deno.test("a starting gate keeps what it is told while it looks (a swap's close,
   assert(plain.asked() >= 1, "on demand was not asked again");
   plain.gate.shutdown();
   plain.gate.dispose();
+});
+
+Deno.test("an on-demand swap's in-process gate answers like a gone one once the gate is told to stop", async () => {
+  const gate = new Gate("http://127.0.0.1:9", { holdTimeoutMs: 1000, maxHeld: 4 });
+  const local = new LocalGate(gate, "http://127.0.0.1:9", 0);
+  assertEquals((await local.status())?.open, true);
+  assertEquals(await local.close(1000), true);
+  gate.shutdown();
+  // A swap that finds it so neither drains on, starts the gate again, nor waits to open it.
+  assertEquals(await local.status(), null);
+  assertEquals(await local.open("vllm"), false);
+  assertEquals(gate.isOpen(), false);
+  gate.dispose();
 });

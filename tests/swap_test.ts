@@ -365,3 +365,23 @@ Deno.test("swap: a warm-up that fails fails the swap and rolls back; warmup: fal
   assertDeep(off.completions, []);
   assert(!off.host.stdout.includes("first request"), off.host.stdout);
 });
+
+Deno.test("swap by hand to the engine on demand started: it becomes the boot engine, and a later swap to it is still a no-op, not a restart", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  fs.host.clock += 5000;
+  // On demand swaps without moving the boot engine (a LocalGate stands for the gate; gate:
+  // false here, so only that marker matters).
+  const inGate = {} as NonNullable<SwapOptions["inGate"]>;
+  assertEquals(await swap(fs.host, opts("vllm", { inGate })), 0);
+  assertMatch(fs.host.text(CONFIG)!, /^active: llama$/m);
+  for (const round of [1, 2]) {
+    fs.host.clock += 5000;
+    fs.host.stdout = "";
+    fs.host.calls = [];
+    assertEquals(await swap(fs.host, opts("vllm")), 0, `swap ${round}`);
+    assertMatch(fs.host.stdout, /vllm is already active and healthy/, `swap ${round}`);
+    const started = fs.host.calls.filter((c) => / (start|restart|stop) /.test(c));
+    assertDeep(started, [], `swap ${round} (re)started or stopped an engine`);
+    assertMatch(fs.host.text(CONFIG)!, /^active: vllm$/m);
+  }
+});

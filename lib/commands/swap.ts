@@ -119,6 +119,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   // edited) or changed after it started (through init), a running target must be restarted, or
   // it keeps serving with its old settings. Moving [Install] (the boot engine) needs no restart.
   const writtenBefore = await startedBefore(host, unitFile, states[soulstoneService(target.name)]);
+  const writtenAt = await host.modifiedAt(unitFile);
   const { changed } = await installUnits(
     host,
     setup,
@@ -129,6 +130,15 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   const stale = targetRuns && !previous &&
     (writtenBefore ||
       (own !== undefined && withoutInstall(own.before) !== withoutInstall(own.file?.content)));
+  if (
+    targetRuns && !writtenBefore && writtenAt !== null && own !== undefined &&
+    withoutInstall(own.before) === withoutInstall(own.file?.content)
+  ) {
+    // Only its [Install] section moved (it becomes the boot engine; on demand started it
+    // without): the engine runs what the unit says, and the file's time must keep saying so, or
+    // the next swap to it would restart it for nothing (startedBefore).
+    await host.setModifiedAt(unitFile, writtenAt);
+  }
   if (targetRuns && !previous && !stale) {
     const p = await probe(host, target);
     if (p.state === "ready") {
@@ -358,7 +368,7 @@ async function openGate(
   const deadline = host.now() + GATE_START_MS;
   for (;;) {
     if (await client.open(engine, record)) return true;
-    if (host.now() >= deadline) return false;
+    if (host.now() >= deadline || client.inProcess) return false;
     await host.sleep(250);
   }
 }
@@ -412,7 +422,9 @@ async function holdAtGate(
   const client = options.inGate ?? new GateClient(host, folder);
   // After `lychd stop --all` the gate is down too: 8081 would refuse every client, whatever
   // the engine does. A swap brings it back first.
-  if ((await client.status()) === null) await startGate(host, setup, client, progress);
+  if ((await client.status()) === null && !client.inProcess) {
+    await startGate(host, setup, client, progress);
+  }
   const holdSec = (options.timeoutSec ?? target.settings.startTimeoutSec) +
     (previous?.settings.stopTimeoutSec ?? 0) + 30;
   await client.close(holdSec * 1000);

@@ -45,6 +45,8 @@ const TIMEOUT_MS = 5000;
 export interface GateControl {
   /** How often a drain looks at the in-flight count (ms). */
   readonly pollMs: number;
+  /** The swap runs inside the gate: a gate that stops answering will not come back to it. */
+  readonly inProcess: boolean;
   status(): Promise<GateStatus | null>;
   close(holdMs: number): Promise<boolean>;
   open(engine: string, swap?: SwapRecord): Promise<boolean>;
@@ -58,6 +60,7 @@ export interface GateControl {
 export class GateClient implements GateControl {
   /** Each look is a file written and answered (10-20 ms): not more often than this. */
   readonly pollMs = 250;
+  readonly inProcess = false;
   constructor(private host: Host, readonly folder: string) {}
 
   async status(): Promise<GateStatus | null> {
@@ -109,9 +112,12 @@ export class GateClient implements GateControl {
  */
 export class LocalGate implements GateControl {
   readonly pollMs = 10;
+  readonly inProcess = true;
   constructor(private gate: Gate, private upstream: string, private since: number) {}
 
+  // A gate told to stop (SIGTERM) answers as a gone one does: the swap stops waiting on it.
   status(): Promise<GateStatus | null> {
+    if (this.gate.isShuttingDown()) return Promise.resolve(null);
     return Promise.resolve(gateStatus(this.gate, this.since));
   }
   close(holdMs: number): Promise<boolean> {
@@ -134,6 +140,7 @@ export class LocalGate implements GateControl {
   }
 
   async #post(path: string, body: unknown): Promise<boolean> {
+    if (this.gate.isShuttingDown()) return false;
     const r = await controlRequest(
       this.gate,
       this.upstream,

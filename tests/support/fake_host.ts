@@ -122,6 +122,12 @@ export class FakeHost implements Host {
     return Promise.resolve(this.files.has(path) ? this.mtimes.get(path) ?? 0 : null);
   }
 
+  setModifiedAt(path: string, ms: number) {
+    this.calls.push(`touch -d @${ms / 1000} ${path}`);
+    this.mtimes.set(path, ms);
+    return Promise.resolve();
+  }
+
   /** A file, a folder made with mkdirp, or a folder that holds a file. */
   exists(path: string) {
     return Promise.resolve(
