@@ -82,7 +82,7 @@ async function swapLines(since: number): Promise<string> {
     "short-precise",
     "--no-pager",
   ]);
-  return r.stdout.split("\n").filter((l) => /on demand|ready in|stopped|drain/.test(l))
+  return r.stdout.split("\n").filter((l) => /on.demand|ready in|stopped|drain|failed/.test(l))
     .map((l) => `          ${l}`).join("\n");
 }
 

@@ -6,12 +6,12 @@
  * ran each request: the promise is "never a wrong model, never run twice".
  */
 import { CLIENT_GONE, Gate, type GateOptions } from "../lib/gate/proxy.ts";
-import { OnDemand } from "../lib/gate/on_demand.ts";
+import { OnDemand, type OnDemandOptions } from "../lib/gate/on_demand.ts";
 import { resolveEngines } from "../lib/units/model.ts";
 import { resolveConfig } from "../lib/config/load.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { outcome, outcomesTable } from "./gate_outcomes.ts";
-import { waitUntil } from "./support/wait.ts";
+import { waitUntil, within } from "./support/wait.ts";
 import { freePort } from "./support/ports.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -508,11 +508,13 @@ function onDemandFront(
   gate: Gate,
   swap: (engine: string) => Promise<boolean>,
   minResidencyMs = 1000,
+  extra: Partial<OnDemandOptions> = {},
 ) {
   const onDemand = new OnDemand(gate, onDemandEngines(), {
     minResidencyMs,
     swap,
     log: () => {},
+    ...extra,
   });
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
@@ -893,5 +895,115 @@ Deno.test("faults: a client that cuts off its streamed upload does not make the 
   } finally {
     await front.close();
     await upstream.shutdown();
+  }
+});
+
+/** A streaming request for model-b (sglang) through `front`, and a reader of its answer. */
+async function streamFor(front: { url: string }) {
+  const r = await within(
+    fetch(`${front.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: '{"model":"model-b","messages":[],"stream":true}',
+    }),
+    "the answer's headers, while the request is still held",
+  );
+  const reader = r.body!.getReader();
+  let text = "";
+  return {
+    status: r.status,
+    type: r.headers.get("content-type"),
+    /** Read until `pattern` shows in what came so far. */
+    async until(pattern: RegExp) {
+      while (!pattern.test(text)) {
+        const { value, done } = await within(reader.read(), `${pattern} in the stream`);
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      return text;
+    },
+  };
+}
+
+Deno.test("faults, on demand: a streaming request held long gets its 200 and SSE comments, then the engine's stream", async () => {
+  const alpha = engine("alpha", () => new Response('{"from":"alpha"}'));
+  const beta = engine("beta", () =>
+    new Response('data: {"from":"beta"}\n\ndata: [DONE]\n\n', {
+      headers: { "content-type": "text/event-stream" },
+    }));
+  const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
+  gate.open(alpha.url, "vllm");
+  let loaded: (() => void) | null = null;
+  const front = onDemandFront(
+    gate,
+    (e) => {
+      gate.close();
+      // The engine loads until the test says so: longer than a client waits in silence.
+      return new Promise((done) => {
+        loaded = () => {
+          gate.open(beta.url, e);
+          done(true);
+        };
+      });
+    },
+    0,
+    { streamAfterMs: 50, streamBeatMs: 50 },
+  );
+  try {
+    const s = await streamFor(front);
+    assertDeep([s.status, s.type], [200, "text/event-stream"]);
+    const waiting = await s.until(/(: lychd: waiting for sglang[^\n]*\n\n){2}/);
+    assert(!waiting.includes("data:"), waiting);
+    await waitUntil(() => loaded !== null, "the swap to start");
+    loaded!();
+    const all = await s.until(/data: \[DONE\]/);
+    assertMatch(all, /\n\ndata: \{"from":"beta"\}\n\ndata: \[DONE\]\n\n$/);
+    // A request that does not stream keeps the engine's own status, held or not.
+    const plain = await post(front.url, '{"model":"model-b"}');
+    assertDeep([plain.status, await plain.text()], [
+      200,
+      'data: {"from":"beta"}\n\ndata: [DONE]\n\n',
+    ]);
+  } finally {
+    await front.close();
+    await alpha.close();
+    await beta.close();
+  }
+});
+
+Deno.test("faults, on demand: a streaming request held long whose swap fails ends with one SSE error event", async () => {
+  const alpha = engine("alpha", () => new Response('{"from":"alpha"}'));
+  const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
+  gate.open(alpha.url, "vllm");
+  let fail: (() => void) | null = null;
+  const front = onDemandFront(
+    gate,
+    () => {
+      gate.close();
+      return new Promise((done) => {
+        fail = () => {
+          gate.open(alpha.url, "vllm"); // rolled back
+          done(false);
+        };
+      });
+    },
+    0,
+    { streamAfterMs: 50, streamBeatMs: 50 },
+  );
+  try {
+    const s = await streamFor(front);
+    assertEquals(s.status, 200);
+    await s.until(/: lychd: waiting for sglang/);
+    await waitUntil(() => fail !== null, "the swap to start");
+    fail!();
+    const all = await s.until(/\ndata: [^\n]*\n\n$/);
+    const events = all.split("\n\n").filter((e) => e.startsWith("data: "));
+    assertEquals(events.length, 1, all);
+    const { error } = JSON.parse(events[0].slice(6));
+    assertEquals(error.code, 503);
+    assertMatch(error.message, /the swap to sglang failed/);
+  } finally {
+    await front.close();
+    await alpha.close();
   }
 });

@@ -11,6 +11,7 @@ import { resolveConfig } from "../lib/config/load.ts";
 import { Gate } from "../lib/gate/proxy.ts";
 import { OnDemand, QUIET_MAX_MS } from "../lib/gate/on_demand.ts";
 import { resolveEngines } from "../lib/units/model.ts";
+import { ModelScanner } from "../lib/gate/model_scan.ts";
 import { waitUntil, within } from "./support/wait.ts";
 
 /**
@@ -225,5 +226,23 @@ Deno.test("on demand: the oldest held request picks the next engine, and every r
     assertDeep(s.served, ["vllm", "sglang", "sglang", "llama", "llama", "llama"]);
   } finally {
     await s.close();
+  }
+});
+
+Deno.test("on demand: the body's top-level `stream` is read as JSON.parse reads it (nested ones do not count, the last one does)", () => {
+  const cases: [string, boolean][] = [
+    ['{"model":"m","stream":true}', true],
+    ['{"stream" :  true, "model":"m"}', true],
+    ['{"model":"m","stream":false}', false],
+    ['{"model":"m"}', false],
+    ['{"messages":[{"stream":true}],"model":"m","options":{"stream":true}}', false],
+    ['{"stream":"true","model":"m"}', false],
+    ['{"stream":true,"stream":false}', false],
+  ];
+  for (const [body, expected] of cases) {
+    const scanner = new ModelScanner();
+    scanner.feed(new TextEncoder().encode(body));
+    assertEquals(scanner.streams(), expected, body);
+    assertEquals(JSON.parse(body).stream === true, expected, `the case itself: ${body}`);
   }
 });

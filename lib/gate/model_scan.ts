@@ -44,9 +44,16 @@ export class ModelScanner {
   /** The first top-level "model"; a second one is an error (JSON.parse would take the last). */
   #model: string | undefined;
   #result: ModelScan | null = null;
+  /** The top-level `stream` was `true` (the last one, as JSON.parse takes it). */
+  #stream = false;
 
   result(): ModelScan | null {
     return this.#result;
+  }
+
+  /** Whether the body asks for a streamed answer (`"stream": true` at its top level). */
+  streams(): boolean {
+    return this.#stream;
   }
 
   feed(chunk: Uint8Array): ModelScan | null {
@@ -122,6 +129,12 @@ export class ModelScanner {
         this.#result = { error: '"model" must be a string' };
         return;
       }
+      // A literal's first byte says which: `true` or `false` (the rest of it is skipped).
+      if (!this.#expectKey && this.#lastKey === "stream" && (b === 0x74 || b === 0x66)) {
+        this.#stream = b === 0x74;
+        this.#lastKey = null;
+        return;
+      }
     }
     if (b === OPEN_OBJECT || b === OPEN_ARRAY) this.#depth++;
     else if (b === CLOSE_OBJECT || b === CLOSE_ARRAY) this.#depth--;
@@ -163,7 +176,13 @@ export async function scanModel(
   /** Asks for room for `n` more bytes in memory; false: there is none (the scan stops). */
   take: (n: number) => boolean = () => true,
 ): Promise<
-  { scan: ModelScan | "no room"; body: ReadableStream<Uint8Array>; read: number }
+  {
+    scan: ModelScan | "no room";
+    /** `"stream": true` in what was read. */
+    stream: boolean;
+    body: ReadableStream<Uint8Array>;
+    read: number;
+  }
 > {
   const reader = body.getReader();
   const scanner = new ModelScanner();
@@ -210,5 +229,5 @@ export async function scanModel(
       return reader.cancel(reason);
     },
   });
-  return { scan, body: rest, read };
+  return { scan, stream: scanner.streams(), body: rest, read };
 }

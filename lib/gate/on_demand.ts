@@ -38,12 +38,25 @@ export const MODEL_SCAN_BYTES = 32 << 20;
 export const BACKOFF_MS = 30_000;
 export const BACKOFF_MAX_MS = 15 * 60_000;
 
+/**
+ * A streaming request (`"stream": true`) with no answer after this long gets its `200` and SSE
+ * comment lines while it waits (every STREAM_BEAT_MS), so a chat UI or a proxy that gives up on a
+ * silent connection after 30-60 s keeps waiting for an engine that loads for minutes. Its answer
+ * then follows in the same stream: the engine's events, or one `data: {"error": ...}` event (how
+ * OpenAI's clients read an error in a stream) if it is refused or the engine answers an error.
+ */
+export const STREAM_AFTER_MS = 5000;
+export const STREAM_BEAT_MS = 10_000;
+
 export interface OnDemandOptions {
   minResidencyMs: number;
   /** Run a swap to `engine` (drain, stop, start, ready, open); true if it serves. */
   swap: (engine: string) => Promise<boolean>;
   log: (line: string) => void;
   now?: () => number;
+  /** STREAM_AFTER_MS and STREAM_BEAT_MS (tests make them short). */
+  streamAfterMs?: number;
+  streamBeatMs?: number;
 }
 
 interface Failed {
@@ -110,6 +123,11 @@ export class OnDemand {
     let wants: string | null = null;
     let forward = req;
     let buffered = 0;
+    let stream = false;
+    // The bytes read stay counted until the request is done with them (a streamed hold outlives
+    // this function).
+    const release = () => this.gate.budget.give(buffered);
+    let answer: Promise<Response> | null = null;
     try {
       if (req.method === "POST" && req.body !== null && isJson(req)) {
         // A request that would have to wait finds out first whether there is room.
@@ -148,6 +166,7 @@ export class OnDemand {
         }
         const model = found.scan.model;
         wants = model === null ? null : this.engineFor(model);
+        stream = found.stream;
         forward = new Request(req.url, {
           method: req.method,
           headers: req.headers,
@@ -160,10 +179,82 @@ export class OnDemand {
         if (refused) return this.gate.answerOwn({ reason: "backoff", response: refused });
       }
       this.#lastFor.set(wants ?? this.gate.target() ?? "", this.#now());
-      return await this.gate.handle(forward, { ...at, wants, counted: buffered });
+      answer = this.gate.handle(forward, { ...at, wants, counted: buffered });
+      answer.finally(release).catch(() => {});
+      return stream ? await this.#streamWhileWaiting(answer, wants) : await answer;
     } finally {
-      this.gate.budget.give(buffered);
+      if (answer === null) release();
     }
+  }
+
+  /**
+   * `answer` as it comes if it comes within STREAM_AFTER_MS; else a `200` event stream at once,
+   * with a comment line every STREAM_BEAT_MS until `answer` comes, then its events, or its error
+   * as one `data: {"error": ...}` event.
+   */
+  async #streamWhileWaiting(answer: Promise<Response>, wants: string | null): Promise<Response> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const early = await Promise.race([
+      answer,
+      new Promise<null>((r) => {
+        timer = setTimeout(() => r(null), this.options.streamAfterMs ?? STREAM_AFTER_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (early !== null) return early;
+    const enc = new TextEncoder();
+    const waitingFor = wants ?? "an engine";
+    let beat: ReturnType<typeof setInterval> | undefined;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
+    const body = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        const t0 = this.#now();
+        const say = () =>
+          c.enqueue(enc.encode(
+            `: lychd: waiting for ${waitingFor} (${Math.round((this.#now() - t0) / 1000)} s)\n\n`,
+          ));
+        say();
+        beat = setInterval(say, this.options.streamBeatMs ?? STREAM_BEAT_MS);
+        answer.then(async (res) => {
+          clearInterval(beat);
+          const type = res.headers.get("content-type") ?? "";
+          if (res.status === 200 && type.includes("text/event-stream") && res.body) {
+            reader = res.body.getReader();
+            for (;;) {
+              const { value, done } = await reader.read();
+              if (done) break;
+              c.enqueue(value);
+            }
+          } else {
+            const text = await res.text();
+            let error: unknown;
+            try {
+              error = JSON.parse(text).error;
+            } catch { /* not OpenAI-shaped: said below */ }
+            error ??= {
+              message: `lychd: the engine answered ${res.status}: ${text.slice(0, 200)}`,
+              type: "server_error",
+              param: null,
+              code: res.status,
+            };
+            c.enqueue(enc.encode(`data: ${JSON.stringify({ error })}\n\n`));
+          }
+          c.close();
+        }).catch((e) => {
+          clearInterval(beat);
+          try {
+            c.error(e);
+          } catch { /* the client has gone already */ }
+        });
+      },
+      cancel: (reason) => {
+        clearInterval(beat);
+        return reader?.cancel(reason);
+      },
+    });
+    return new Response(body, {
+      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+    });
   }
 
   /** A 503 for a request that wants an engine whose swap failed a short while ago, or null. */
