@@ -647,6 +647,25 @@ const vessel: DashboardSpec = {
       ],
     },
     {
+      title: "On demand",
+      panels: [
+        {
+          title: "Held, by the engine they wait for",
+          unit: "none",
+          description:
+            "On demand: requests waiting for the engine whose model they named (any: no model named, or a swap by hand). A swap to an engine is the Swaps panel's -> engine.",
+          targets: [["lychd:gate_requests_held_by_engine", "{{engine}}"]],
+        },
+        {
+          title: "Hold wait p95, by engine",
+          unit: "s",
+          description:
+            "How long requests waited for the engine whose model they named, 95th percentile over 5 min.",
+          targets: [["lychd:gate_hold_wait_seconds_by_engine:p95_5m", "{{engine}}"]],
+        },
+      ],
+    },
+    {
       title: "Gate answers",
       panels: [
         {

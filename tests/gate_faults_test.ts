@@ -387,7 +387,7 @@ Deno.test("faults: a client that gives up while held leaves the queue at once", 
     const m = front.gate.metrics();
     assertMatch(m, new RegExp(`lychd_gate_requests_total\\{engine="",code="${CLIENT_GONE}"\\} 2`));
     assertMatch(m, /lychd_gate_refused_total\{reason="engine_error"\} 0/);
-    assertMatch(m, /lychd_gate_hold_wait_seconds_count 3/);
+    assertMatch(m, /lychd_gate_hold_wait_seconds_count\{engine=""\} 3/);
   } finally {
     await front.close();
     await alpha.close();

@@ -6,7 +6,7 @@
  * how long a request for another engine waits); the oldest held request picks the next engine
  * (none starves), and every held request for it goes with it (collation: A A B B, not A B A B).
  */
-import { assertDeep, assertEquals } from "./support/assert.ts";
+import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { resolveConfig } from "../lib/config/load.ts";
 import { Gate } from "../lib/gate/proxy.ts";
 import { OnDemand, QUIET_MAX_MS } from "../lib/gate/on_demand.ts";
@@ -208,6 +208,11 @@ Deno.test("on demand: the oldest held request picks the next engine, and every r
     await s.held(4);
     held.push(s.ask("llama"));
     await s.held(5);
+    // The gate's metrics say who waits for which engine (the vessel's "On demand" row).
+    const m = s.gate.metrics();
+    for (const [engine, n] of [["sglang", 2], ["llama", 3], ["", 0]] as const) {
+      assertMatch(m, new RegExp(`\nlychd_gate_requests_held\\{engine="${engine}"\\} ${n}\n`));
+    }
     clock.now = 1000;
     s.od.schedule();
     // sglang first: its request came first, though more wait for llama (no starvation).
@@ -224,6 +229,8 @@ Deno.test("on demand: the oldest held request picks the next engine, and every r
     await within(Promise.all(held), "the llama requests");
     assertDeep(s.swaps, ["sglang", "llama"]);
     assertDeep(s.served, ["vllm", "sglang", "sglang", "llama", "llama", "llama"]);
+    assertMatch(s.gate.metrics(), /\nlychd_gate_hold_wait_seconds_count\{engine="llama"\} 3\n/);
+    assertMatch(s.gate.metrics(), /\nlychd_gate_requests_held\{engine="llama"\} 0\n/);
   } finally {
     await s.close();
   }

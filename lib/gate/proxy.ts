@@ -231,7 +231,8 @@ export class Gate {
   #idle: (() => void)[] = [];
   #requests = new Map<string, number>();
   #refusals = new Map<string, number>();
-  #holdWait = new Histogram(HOLD_BUCKETS);
+  /** How long held requests waited, by the engine they wanted ("" = any engine). */
+  #holdWait = new Map<string, Histogram>([["", new Histogram(HOLD_BUCKETS)]]);
   #phases = new Map<string, Histogram>();
   #swaps = new Map<string, number>();
   #lastSwap: SwapRecord | null = null;
@@ -614,11 +615,13 @@ export class Gate {
     if (full) return Promise.resolve(full);
     const timeoutMs = this.#holdTimeoutMs;
     const t0 = performance.now();
+    const waits = this.#holdWait.get(wants ?? "") ?? new Histogram(HOLD_BUCKETS);
+    this.#holdWait.set(wants ?? "", waits);
     return new Promise((resolve) => {
       const done = (result: string | Refusal | "gone") => {
         clearTimeout(timer);
         signal.removeEventListener("abort", gone);
-        this.#holdWait.observe((performance.now() - t0) / 1000);
+        waits.observe((performance.now() - t0) / 1000);
         resolve(result);
       };
       const waiter: Waiter = { wants, since: Date.now(), release: done, refuse: done };
@@ -837,8 +840,16 @@ export class Gate {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     family("lychd_gate_requests_total", "counter", "Requests answered, by engine and HTTP status.");
     for (const [k, v] of this.#requests) lines.push(`lychd_gate_requests_total{${k}} ${v}`);
-    family("lychd_gate_requests_held", "gauge", "Requests waiting for an engine now.");
-    lines.push(`lychd_gate_requests_held ${this.#held.length}`);
+    family(
+      "lychd_gate_requests_held",
+      "gauge",
+      'Requests waiting now, by the engine they wait for (on demand; "" = any engine).',
+    );
+    // Every engine ever waited for keeps its series (at 0 when none waits): no gaps in a graph.
+    for (const engine of this.#holdWait.keys()) {
+      const n = this.#held.filter((w) => (w.wants ?? "") === engine).length;
+      lines.push(`lychd_gate_requests_held{engine="${engine}"} ${n}`);
+    }
     family("lychd_gate_requests_in_flight", "gauge", "Requests sent to the engine, not done.");
     lines.push(`lychd_gate_requests_in_flight ${this.#inFlight}`);
     family("lychd_gate_open", "gauge", "1 while the gate sends requests to an engine.");
@@ -846,9 +857,12 @@ export class Gate {
     family(
       "lychd_gate_hold_wait_seconds",
       "histogram",
-      "How long held requests waited, until sent, refused, timed out or given up.",
+      "How long held requests waited, until sent, refused, timed out or given up, by the " +
+        'engine they waited for ("" = any engine).',
     );
-    lines.push(...this.#holdWait.lines("lychd_gate_hold_wait_seconds"));
+    for (const [engine, h] of this.#holdWait) {
+      lines.push(...h.lines("lychd_gate_hold_wait_seconds", `engine="${engine}"`));
+    }
     family("lychd_gate_refused_total", "counter", "Requests the gate failed itself, by reason.");
     for (const reason of REFUSAL_REASONS) {
       lines.push(
