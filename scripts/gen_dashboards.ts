@@ -653,7 +653,7 @@ const vessel: DashboardSpec = {
           title: "Held, by the engine they wait for",
           unit: "none",
           description:
-            "On demand: requests waiting for the engine whose model they named (any: no model named, or a swap by hand). A swap to an engine is the Swaps panel's -> engine.",
+            "On demand: requests waiting for the engine whose model they named ((any): no engine in particular: no model named, or a swap by hand). A swap to an engine is the Swaps panel's -> engine.",
           targets: [["lychd:gate_requests_held_by_engine", "{{engine}}"]],
         },
         {

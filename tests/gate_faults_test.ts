@@ -1007,3 +1007,52 @@ Deno.test("faults, on demand: a streaming request held long whose swap fails end
     await alpha.close();
   }
 });
+
+Deno.test("faults, on demand: a streaming request held long gets a plain 200 as one event, and an engine's error in OpenAI's shape", async () => {
+  const alpha = engine("alpha", () => new Response('{"from":"alpha"}'));
+  let answer = new Response('{"id":"cmpl-1","choices":[]}', {
+    headers: { "content-type": "application/json" },
+  });
+  const beta = engine("beta", () => answer);
+  const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
+  gate.open(alpha.url, "vllm");
+  let loaded: (() => void) | null = null;
+  const front = onDemandFront(
+    gate,
+    (e) => {
+      gate.close();
+      return new Promise((done) => {
+        loaded = () => {
+          gate.open(beta.url, e);
+          done(true);
+        };
+      });
+    },
+    60_000,
+    { streamAfterMs: 50, streamBeatMs: 50 },
+  );
+  try {
+    // The engine ignored `stream`: its answer is not lost, nor made an error.
+    let s = await streamFor(front);
+    await s.until(/: lychd: waiting for sglang/);
+    await waitUntil(() => loaded !== null, "the swap to start");
+    loaded!();
+    let all = await s.until(/data: \[DONE\]\n\n$/);
+    assertMatch(all, /\n\ndata: \{"id":"cmpl-1","choices":\[\]\}\n\ndata: \[DONE\]\n\n$/);
+    // An error whose `error` is a string: the event carries it in OpenAI's shape.
+    answer = new Response('{"error":"context too long"}', { status: 400 });
+    gate.close();
+    s = await streamFor(front);
+    await s.until(/: lychd: waiting for/);
+    gate.open(beta.url, "sglang");
+    all = await s.until(/\ndata: [^\n]*\n\n$/);
+    const events = all.split("\n\n").filter((e) => e.startsWith("data: "));
+    assertDeep(events.map((e) => JSON.parse(e.slice(6))), [{
+      error: { message: "context too long", type: "server_error", param: null, code: 400 },
+    }]);
+  } finally {
+    await front.close();
+    await alpha.close();
+    await beta.close();
+  }
+});

@@ -245,6 +245,11 @@ Deno.test("on demand: the body's top-level `stream` is read as JSON.parse reads 
     ['{"messages":[{"stream":true}],"model":"m","options":{"stream":true}}', false],
     ['{"stream":"true","model":"m"}', false],
     ['{"stream":true,"stream":false}', false],
+    ['{"stream":true,"stream":null}', false],
+    ['{"stream":true,"stream":0}', false],
+    ['{"stream":true,"stream":{}}', false],
+    ['{"stream":true,"stream":"yes"}', false],
+    ['{"stream":false,"stream":true}', true],
   ];
   for (const [body, expected] of cases) {
     const scanner = new ModelScanner();

@@ -104,6 +104,12 @@ export class ModelScanner {
       return;
     }
     if (isSpace(b)) return;
+    // A top-level `stream` whose value begins here: only `true` asks for a stream (as
+    // JSON.parse reads it, the last one counts; a string, a number, null is not true).
+    if (this.#depth === 1 && !this.#expectKey && this.#lastKey === "stream" && b !== COLON) {
+      this.#stream = b === 0x74;
+      this.#lastKey = null;
+    }
     if (b === QUOTE) {
       this.#inString = true;
       // Only strings at the top level matter: keys, and model's value.
@@ -127,12 +133,6 @@ export class ModelScanner {
       }
       if (!this.#expectKey && this.#lastKey === "model") {
         this.#result = { error: '"model" must be a string' };
-        return;
-      }
-      // A literal's first byte says which: `true` or `false` (the rest of it is skipped).
-      if (!this.#expectKey && this.#lastKey === "stream" && (b === 0x74 || b === 0x66)) {
-        this.#stream = b === 0x74;
-        this.#lastKey = null;
         return;
       }
     }

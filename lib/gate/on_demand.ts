@@ -189,71 +189,60 @@ export class OnDemand {
 
   /**
    * `answer` as it comes if it comes within STREAM_AFTER_MS; else a `200` event stream at once,
-   * with a comment line every STREAM_BEAT_MS until `answer` comes, then its events, or its error
-   * as one `data: {"error": ...}` event.
+   * with a comment line every STREAM_BEAT_MS until `answer` comes, then its events (piped, so a
+   * client that reads slowly slows the engine, as without this), or its error as one
+   * `data: {"error": ...}` event.
    */
   async #streamWhileWaiting(answer: Promise<Response>, wants: string | null): Promise<Response> {
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const early = await Promise.race([
-      answer,
-      new Promise<null>((r) => {
-        timer = setTimeout(() => r(null), this.options.streamAfterMs ?? STREAM_AFTER_MS);
-      }),
-    ]);
-    clearTimeout(timer);
+    let early: Response | null;
+    try {
+      early = await Promise.race([
+        answer,
+        new Promise<null>((r) => {
+          timer = setTimeout(() => r(null), this.options.streamAfterMs ?? STREAM_AFTER_MS);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
     if (early !== null) return early;
     const enc = new TextEncoder();
-    const waitingFor = wants ?? "an engine";
-    let beat: ReturnType<typeof setInterval> | undefined;
-    let reader: ReadableStreamDefaultReader<Uint8Array> | null = null;
-    const body = new ReadableStream<Uint8Array>({
-      start: (c) => {
-        const t0 = this.#now();
-        const say = () =>
-          c.enqueue(enc.encode(
-            `: lychd: waiting for ${waitingFor} (${Math.round((this.#now() - t0) / 1000)} s)\n\n`,
-          ));
-        say();
-        beat = setInterval(say, this.options.streamBeatMs ?? STREAM_BEAT_MS);
-        answer.then(async (res) => {
-          clearInterval(beat);
-          const type = res.headers.get("content-type") ?? "";
-          if (res.status === 200 && type.includes("text/event-stream") && res.body) {
-            reader = res.body.getReader();
-            for (;;) {
-              const { value, done } = await reader.read();
-              if (done) break;
-              c.enqueue(value);
-            }
-          } else {
-            const text = await res.text();
-            let error: unknown;
-            try {
-              error = JSON.parse(text).error;
-            } catch { /* not OpenAI-shaped: said below */ }
-            error ??= {
-              message: `lychd: the engine answered ${res.status}: ${text.slice(0, 200)}`,
-              type: "server_error",
-              param: null,
-              code: res.status,
-            };
-            c.enqueue(enc.encode(`data: ${JSON.stringify({ error })}\n\n`));
-          }
-          c.close();
-        }).catch((e) => {
-          clearInterval(beat);
-          try {
-            c.error(e);
-          } catch { /* the client has gone already */ }
-        });
-      },
-      cancel: (reason) => {
-        clearInterval(beat);
-        return reader?.cancel(reason);
-      },
+    const { readable, writable } = new TransformStream<Uint8Array, Uint8Array>();
+    const writer = writable.getWriter();
+    const t0 = this.#now();
+    const say = () =>
+      writer.write(enc.encode(
+        `: lychd: waiting for ${wants ?? "an engine"} (${
+          Math.round((this.#now() - t0) / 1000)
+        } s)\n\n`,
+      )).catch(() => {});
+    say();
+    const beat = setInterval(say, this.options.streamBeatMs ?? STREAM_BEAT_MS);
+    // The client went away (its side of the stream was cancelled): no more comments.
+    writer.closed.catch(() => clearInterval(beat));
+    answer.then(async (res) => {
+      clearInterval(beat);
+      const type = res.headers.get("content-type") ?? "";
+      if (res.ok && type.includes("text/event-stream") && res.body) {
+        writer.releaseLock();
+        // Cancelled by the client, it cancels the engine's body (and so its work) in turn.
+        await res.body.pipeTo(writable).catch(() => {});
+        return;
+      }
+      await writer.write(enc.encode(await asEvents(res)));
+      await writer.close();
+    }).catch((e) => {
+      clearInterval(beat);
+      writer.abort(e).catch(() => {});
     });
-    return new Response(body, {
-      headers: { "content-type": "text/event-stream", "cache-control": "no-cache" },
+    return new Response(readable, {
+      headers: {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        // nginx would otherwise buffer the comments, and its client would wait in silence.
+        "x-accel-buffering": "no",
+      },
     });
   }
 
@@ -369,4 +358,57 @@ function isForm(req: Request): boolean {
   return (req.headers.get("content-type") ?? "").toLowerCase().startsWith(
     "application/x-www-form-urlencoded",
   );
+}
+
+/** How much of an answer that is not an event stream is read to put it into one. */
+const EVENT_BODY_BYTES = 64 << 10;
+
+/**
+ * An answer that is not an event stream, for a client that already has its `200` and an event
+ * stream: a success as one `data:` event and `[DONE]` (the engine did the work: it is not lost);
+ * an error as one `data: {"error": {...}}` event, in the shape OpenAI's clients raise.
+ */
+async function asEvents(res: Response): Promise<string> {
+  const text = await readAtMost(res, EVENT_BODY_BYTES);
+  if (res.ok) return `data: ${text.replaceAll("\n", " ")}\n\ndata: [DONE]\n\n`;
+  let body: Record<string, unknown> = {};
+  try {
+    const parsed = JSON.parse(text);
+    if (parsed && typeof parsed === "object") body = parsed;
+  } catch { /* not JSON: the text itself is the message */ }
+  const inner = body.error;
+  const message = typeof inner === "string" && inner ? inner : inner && typeof inner === "object" &&
+      typeof (inner as Record<string, unknown>).message === "string"
+    ? (inner as Record<string, string>).message
+    : typeof body.message === "string"
+    ? body.message
+    : `the engine answered ${res.status}: ${text.slice(0, 200)}`;
+  const error = {
+    message,
+    type: res.status === 503 ? "service_unavailable" : "server_error",
+    param: null,
+    code: res.status,
+  };
+  return `data: ${JSON.stringify({ error })}\n\n`;
+}
+
+async function readAtMost(res: Response, limit: number): Promise<string> {
+  if (!res.body) return "";
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let n = 0;
+  while (n < limit) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    n += value.length;
+  }
+  await reader.cancel().catch(() => {});
+  const all = new Uint8Array(n);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new TextDecoder().decode(all.subarray(0, Math.min(n, limit)));
 }
