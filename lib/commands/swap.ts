@@ -394,6 +394,9 @@ interface HeldAtGate {
   drainWaited?: boolean;
 }
 
+/** At most one "draining" line this often. */
+const DRAIN_LINE_MS = 250;
+
 /**
  * Behind the gate: tell it to hold new requests (up to the new engine's start timeout, plus the
  * old one's stop), then wait until the old engine's requests in flight are done (drain), bounded
@@ -439,6 +442,7 @@ async function holdAtGate(
   const t0 = host.now();
   const limitMs = (options.drainTimeoutSec ?? config.gate.drainTimeoutSec) * 1000;
   let inFlight = -1;
+  let shownAt = -Infinity;
   for (;;) {
     const status = await client.status();
     if (status === null) {
@@ -448,7 +452,12 @@ async function holdAtGate(
     if (status.counts.inFlight === 0) break;
     if (status.counts.inFlight !== inFlight) {
       inFlight = status.counts.inFlight;
-      progress.phase(`draining ${previous.name}: ${inFlight} requests in flight`);
+      // In the gate (on demand) the count is looked at every 10 ms: a line for every change
+      // would flood its journal.
+      if (host.now() - shownAt >= DRAIN_LINE_MS) {
+        shownAt = host.now();
+        progress.phase(`draining ${previous.name}: ${inFlight} requests in flight`);
+      }
     }
     if (host.now() - t0 >= limitMs) {
       progress.note(
