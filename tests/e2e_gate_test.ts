@@ -154,9 +154,6 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
   const modelDir = system ? "/srv/lychd-models" : `${target.home}/lychd-models`;
   const { flags, scope } = modeOf(target);
   const guest = target.run;
-  // docs/gate.md "Known problems": at most one such 502 per run of this test (one mode), in
-  // whichever step it shows; a second one, or any other failure, fails the step.
-  const knownProblem = { left: 1 };
   const lychd = (...args: string[]) => target.lychd(...args);
   try {
     await buildLlamaImage(target);
@@ -257,12 +254,8 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
           for (const f of failed.slice(0, 5)) console.log(`  ${JSON.stringify(f)}: ${near(f)}`);
           console.log((await lychd("logs", ...flags, "gate", "-n", "60")).stdout);
         }
-        // A known problem, not yet understood (docs/gate.md, "Known problems"): now and then one
-        // request in a run (about 1 in 2,000) gets a 502 "went away mid-request" from an engine
-        // that goes on serving. At most one such, said loudly; anything else fails the test.
-        const other = failed.filter((f) => !isKnownProblem(f, knownProblem));
         assertEquals(
-          other.length,
+          failed.length,
           0,
           `failed requests:\n${failed.slice(0, 5).map((f) => JSON.stringify(f)).join("\n")}`,
         );
@@ -408,7 +401,7 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
           // In flight when it died: a 502 that says so, or a stream that ends short.
           f.start <= killDoneAt && (says(f, "engine_lost") || f.status === 0)
             ? "cut off in flight"
-            : null, knownProblem);
+            : null);
         // Held, not failed, while it restarted and loaded: no client saw "Loading model".
         assert(
           results.some((r) => r.ok && r.start >= killedAt && r.end - r.start > 5000),
@@ -442,7 +435,6 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
               : f.status === 0 && f.start <= answeringAt
               ? "refused while restarting"
               : null,
-          knownProblem,
         );
         assert(results.every((r) => r.end - r.start < 40_000), "a request waited the stop out");
 
@@ -458,7 +450,6 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
           results,
           ["vllm", "sglang"],
           (f) => f.gaveUp ? "gave up" : null,
-          knownProblem,
         );
         assert(results.some((r) => r.gaveUp), "nobody gave up: the swap held nobody for 1 s");
         const gate = await gateOpenTo("sglang", 10_000);
@@ -490,7 +481,6 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
               : f.start <= stopDoneAt && (says(f, "engine_lost") || f.status === 0)
               ? "cut off in flight"
               : null,
-          knownProblem,
         );
         assert(results.some((r) => says(r, "stopped")), "no request saw the stop");
         assert(results.some((r) => r.ok && r.start > stoppedAt + 3000), "nothing served after");
@@ -547,21 +537,6 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
   }
 }
 
-/**
- * docs/gate.md "Known problems": a 502 "went away mid-request" whose connection was closed
- * before any answer, while the engine goes on serving. Takes one from `budget` and says so
- * loudly; false once the budget is spent, or for anything else.
- */
-function isKnownProblem(f: Outcome, budget: { left: number }): boolean {
-  if (!says(f, "engine_lost") || !/connection closed before message completed/.test(f.by)) {
-    return false;
-  }
-  if (budget.left <= 0) return false;
-  budget.left--;
-  console.log(`  KNOWN PROBLEM (docs/gate.md): ${JSON.stringify(f)}`);
-  return true;
-}
-
 /** Whether a failed request got the gate's answer for outcome `id` (tests/gate_outcomes.ts). */
 function says(o: Outcome, id: string): boolean {
   const row = outcome(id);
@@ -578,13 +553,12 @@ function judge(
   results: Outcome[],
   engines: string[],
   allowed: (f: Outcome) => string | null,
-  knownProblem: { left: number },
 ) {
   const failed = results.filter((r) => !r.ok);
   const kinds: Record<string, number> = {};
   const wrong: Outcome[] = [];
   for (const f of failed) {
-    const kind = allowed(f) ?? (isKnownProblem(f, knownProblem) ? "KNOWN PROBLEM" : null);
+    const kind = allowed(f);
     if (kind === null) wrong.push(f);
     else kinds[kind] = (kinds[kind] ?? 0) + 1;
   }
