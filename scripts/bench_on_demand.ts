@@ -24,6 +24,7 @@ import {
   openTarget,
   ROOT,
   type Run,
+  writeConfig,
 } from "../tests/support/target.ts";
 import type { LoadResult } from "./on_demand_load.ts";
 
@@ -131,8 +132,8 @@ async function routerScenario(prometheus: string) {
   const gguf = "/root/.cache/huggingface/tiny.gguf";
   const common = `--ctx-size, "2048", --host, 0.0.0.0, --port, "8080", --metrics`;
   must(
-    await guest(
-      ["sh", "-c", "cat > /etc/lychd/lychd.yaml"],
+    await writeConfig(
+      target,
       `engines: [llama, alpha]
 active: llama
 gpu: cpu
@@ -256,8 +257,8 @@ cartridges:
 async function slowScenario(prometheus: string) {
   const fake = await buildFakeEngineImage(target);
   must(
-    await guest(
-      ["sh", "-c", "cat > /etc/lychd/lychd.yaml"],
+    await writeConfig(
+      target,
       `engines: [vllm, sglang]
 active: vllm
 gpu: cpu

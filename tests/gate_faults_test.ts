@@ -925,6 +925,36 @@ async function streamFor(front: { url: string }) {
   };
 }
 
+/**
+ * An on-demand front whose swaps close the gate and then wait for the test (an engine that loads
+ * longer than a client waits in silence): `end(url, engine, ok)` opens the gate to `engine` at
+ * `url` and ends the swap (ok: it succeeded; else rolled back to what `url` serves).
+ */
+function slowSwapFront(gate: Gate) {
+  const ends: ((url: string, engine: string, ok: boolean) => void)[] = [];
+  const front = onDemandFront(
+    gate,
+    () => {
+      gate.close();
+      return new Promise<boolean>((done) =>
+        ends.push((url, engine, ok) => {
+          gate.open(url, engine);
+          done(ok);
+        })
+      );
+    },
+    0,
+    { streamAfterMs: 50, streamBeatMs: 50 },
+  );
+  return {
+    ...front,
+    async end(url: string, engine: string, ok = true) {
+      await waitUntil(() => ends.length > 0, "the swap to start");
+      ends.shift()!(url, engine, ok);
+    },
+  };
+}
+
 Deno.test("faults, on demand: a streaming request held long gets its 200 and SSE comments, then the engine's stream", async () => {
   const alpha = engine("alpha", () => new Response('{"from":"alpha"}'));
   const beta = engine("beta", () =>
@@ -933,29 +963,13 @@ Deno.test("faults, on demand: a streaming request held long gets its 200 and SSE
     }));
   const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
   gate.open(alpha.url, "vllm");
-  let loaded: (() => void) | null = null;
-  const front = onDemandFront(
-    gate,
-    (e) => {
-      gate.close();
-      // The engine loads until the test says so: longer than a client waits in silence.
-      return new Promise((done) => {
-        loaded = () => {
-          gate.open(beta.url, e);
-          done(true);
-        };
-      });
-    },
-    0,
-    { streamAfterMs: 50, streamBeatMs: 50 },
-  );
+  const front = slowSwapFront(gate);
   try {
     const s = await streamFor(front);
     assertDeep([s.status, s.type], [200, "text/event-stream"]);
     const waiting = await s.until(/(: lychd: waiting for sglang[^\n]*\n\n){2}/);
     assert(!waiting.includes("data:"), waiting);
-    await waitUntil(() => loaded !== null, "the swap to start");
-    loaded!();
+    await front.end(beta.url, "sglang");
     const all = await s.until(/data: \[DONE\]/);
     assertMatch(all, /\n\ndata: \{"from":"beta"\}\n\ndata: \[DONE\]\n\n$/);
     // A request that does not stream keeps the engine's own status, held or not.
@@ -975,27 +989,12 @@ Deno.test("faults, on demand: a streaming request held long whose swap fails end
   const alpha = engine("alpha", () => new Response('{"from":"alpha"}'));
   const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
   gate.open(alpha.url, "vllm");
-  let fail: (() => void) | null = null;
-  const front = onDemandFront(
-    gate,
-    () => {
-      gate.close();
-      return new Promise((done) => {
-        fail = () => {
-          gate.open(alpha.url, "vllm"); // rolled back
-          done(false);
-        };
-      });
-    },
-    0,
-    { streamAfterMs: 50, streamBeatMs: 50 },
-  );
+  const front = slowSwapFront(gate);
   try {
     const s = await streamFor(front);
     assertEquals(s.status, 200);
     await s.until(/: lychd: waiting for sglang/);
-    await waitUntil(() => fail !== null, "the swap to start");
-    fail!();
+    await front.end(alpha.url, "vllm", false); // rolled back
     const all = await s.until(/\ndata: [^\n]*\n\n$/);
     const events = all.split("\n\n").filter((e) => e.startsWith("data: "));
     assertEquals(events.length, 1, all);
@@ -1016,27 +1015,12 @@ Deno.test("faults, on demand: a streaming request held long gets a plain 200 as 
   const beta = engine("beta", () => answer);
   const gate = new Gate(alpha.url, { holdTimeoutMs: 30_000, maxHeld: 8 });
   gate.open(alpha.url, "vllm");
-  let loaded: (() => void) | null = null;
-  const front = onDemandFront(
-    gate,
-    (e) => {
-      gate.close();
-      return new Promise((done) => {
-        loaded = () => {
-          gate.open(beta.url, e);
-          done(true);
-        };
-      });
-    },
-    60_000,
-    { streamAfterMs: 50, streamBeatMs: 50 },
-  );
+  const front = slowSwapFront(gate);
   try {
     // The engine ignored `stream`: its answer is not lost, nor made an error.
     let s = await streamFor(front);
     await s.until(/: lychd: waiting for sglang/);
-    await waitUntil(() => loaded !== null, "the swap to start");
-    loaded!();
+    await front.end(beta.url, "sglang");
     let all = await s.until(/data: \[DONE\]\n\n$/);
     assertMatch(all, /\n\ndata: \{"id":"cmpl-1","choices":\[\]\}\n\ndata: \[DONE\]\n\n$/);
     // An error whose `error` is a string: the event carries it in OpenAI's shape.

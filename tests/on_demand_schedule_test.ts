@@ -84,6 +84,18 @@ function scheduler(minResidencyMs: number, swapMs: number, clock: { now: number 
   };
 }
 
+/**
+ * A first swap, to sglang, once vllm has been quiet for the window used before any swap was
+ * timed: from then on sglang's swap cost (swapMs) sets its quiet window and its floor.
+ */
+async function firstSwapToSglang(s: ReturnType<typeof scheduler>, clock: { now: number }) {
+  const first = s.ask("sglang");
+  await s.held(1);
+  clock.now = QUIET_MAX_MS;
+  s.od.schedule();
+  await within(first, "the swap to sglang");
+}
+
 Deno.test("on demand: an engine with nothing to do goes after a quarter of the last swap's time, long before its residency", async () => {
   const clock = { now: 0 };
   const s = scheduler(60_000, 2000, clock);
@@ -127,11 +139,7 @@ Deno.test("on demand: an idle engine is not given away before it has served as l
   const clock = { now: 0 };
   const s = scheduler(60_000, 2000, clock);
   try {
-    const first = s.ask("sglang");
-    await s.held(1);
-    clock.now = QUIET_MAX_MS;
-    s.od.schedule();
-    await within(first, "the swap to sglang");
+    await firstSwapToSglang(s, clock);
     await s.idle();
     const t = clock.now;
     // A client that asks for vllm while sglang's client pauses longer than the quiet window.
@@ -156,11 +164,7 @@ Deno.test("on demand: an engine that keeps getting requests stays its residency,
   const s = scheduler(1000, 1000, clock);
   try {
     // One swap first, so the quiet window is the short one (250 ms).
-    const first = s.ask("sglang");
-    await s.held(1);
-    clock.now = QUIET_MAX_MS;
-    s.od.schedule();
-    await within(first, "the swap to sglang");
+    await firstSwapToSglang(s, clock);
     const since = clock.now;
     const other = s.ask("vllm");
     await s.held(1);

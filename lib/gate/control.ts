@@ -41,27 +41,55 @@ export function controlFolder(loc: Locations): string | null {
 
 const TIMEOUT_MS = 5000;
 
-/** What a swap asks of the gate: the control requests above, and how often to look at it. */
-export interface GateControl {
+/**
+ * What a swap asks of the gate: the control requests above, and how often to look at it. The
+ * requests are written once here; a client says only how one is carried (`post`).
+ */
+export abstract class GateControl {
   /** How often a drain looks at the in-flight count (ms). */
-  readonly pollMs: number;
+  abstract readonly pollMs: number;
   /** The swap runs inside the gate: a gate that stops answering will not come back to it. */
-  readonly inProcess: boolean;
-  status(): Promise<GateStatus | null>;
-  close(holdMs: number): Promise<boolean>;
-  open(engine: string, swap?: SwapRecord): Promise<boolean>;
-  recover(engine: string | null): Promise<boolean>;
-  refuse(message: string, swap?: SwapRecord): Promise<boolean>;
-  stop(message: string): Promise<boolean>;
-  cut(): Promise<boolean>;
+  abstract readonly inProcess: boolean;
+  abstract status(): Promise<GateStatus | null>;
+  /** One POST control request; false if no gate took it. */
+  protected abstract post(path: string, body: unknown): Promise<boolean>;
+
+  close(holdMs: number): Promise<boolean> {
+    return this.post("/close", { hold_ms: holdMs });
+  }
+
+  open(engine: string, swap?: SwapRecord): Promise<boolean> {
+    return this.post("/open", { engine, swap });
+  }
+
+  /** Open to `engine` as soon as it serves (swap --no-wait). */
+  recover(engine: string | null): Promise<boolean> {
+    return this.post("/recover", { engine });
+  }
+
+  refuse(message: string, swap?: SwapRecord): Promise<boolean> {
+    return this.post("/refuse", { message, swap });
+  }
+
+  /** Nothing serves from now on (lychd stop): every request gets a 503 with `message`. */
+  stop(message: string): Promise<boolean> {
+    return this.post("/stop", { message });
+  }
+
+  /** Abort the requests still in flight (the drain timed out; the old engine is stopped next). */
+  cut(): Promise<boolean> {
+    return this.post("/cut", {});
+  }
 }
 
 /** The client side, as swap and status use it; every call says null / false if no gate runs. */
-export class GateClient implements GateControl {
+export class GateClient extends GateControl {
   /** Each look is a file written and answered (10-20 ms): not more often than this. */
   readonly pollMs = 250;
   readonly inProcess = false;
-  constructor(private host: Host, readonly folder: string) {}
+  constructor(private host: Host, readonly folder: string) {
+    super();
+  }
 
   async status(): Promise<GateStatus | null> {
     const r = await this.host.control(this.folder, "GET", "/status", undefined, TIMEOUT_MS);
@@ -73,34 +101,7 @@ export class GateClient implements GateControl {
     }
   }
 
-  close(holdMs: number): Promise<boolean> {
-    return this.#post("/close", { hold_ms: holdMs });
-  }
-
-  open(engine: string, swap?: SwapRecord): Promise<boolean> {
-    return this.#post("/open", { engine, swap });
-  }
-
-  /** Open to `engine` as soon as it serves (swap --no-wait). */
-  recover(engine: string | null): Promise<boolean> {
-    return this.#post("/recover", { engine });
-  }
-
-  refuse(message: string, swap?: SwapRecord): Promise<boolean> {
-    return this.#post("/refuse", { message, swap });
-  }
-
-  /** Nothing serves from now on (lychd stop): every request gets a 503 with `message`. */
-  stop(message: string): Promise<boolean> {
-    return this.#post("/stop", { message });
-  }
-
-  /** Abort the requests still in flight (the drain timed out; the old engine is stopped next). */
-  cut(): Promise<boolean> {
-    return this.#post("/cut", {});
-  }
-
-  async #post(path: string, body: unknown): Promise<boolean> {
+  protected async post(path: string, body: unknown): Promise<boolean> {
     const r = await this.host.control(this.folder, "POST", path, body, TIMEOUT_MS);
     return !("error" in r) && r.status === 200;
   }
@@ -109,37 +110,21 @@ export class GateClient implements GateControl {
 /**
  * The same requests made inside the gate's own process (an on-demand swap): the same
  * `controlRequest`, without the folder's round trips, so a drain sees its end within 10 ms.
+ * A gate told to stop (SIGTERM) answers as a gone one does: the swap stops waiting on it.
  */
-export class LocalGate implements GateControl {
+export class LocalGate extends GateControl {
   readonly pollMs = 10;
   readonly inProcess = true;
-  constructor(private gate: Gate, private upstream: string, private since: number) {}
+  constructor(private gate: Gate, private upstream: string, private since: number) {
+    super();
+  }
 
-  // A gate told to stop (SIGTERM) answers as a gone one does: the swap stops waiting on it.
   status(): Promise<GateStatus | null> {
     if (this.gate.isShuttingDown()) return Promise.resolve(null);
     return Promise.resolve(gateStatus(this.gate, this.since));
   }
-  close(holdMs: number): Promise<boolean> {
-    return this.#post("/close", { hold_ms: holdMs });
-  }
-  open(engine: string, swap?: SwapRecord): Promise<boolean> {
-    return this.#post("/open", { engine, swap });
-  }
-  recover(engine: string | null): Promise<boolean> {
-    return this.#post("/recover", { engine });
-  }
-  refuse(message: string, swap?: SwapRecord): Promise<boolean> {
-    return this.#post("/refuse", { message, swap });
-  }
-  stop(message: string): Promise<boolean> {
-    return this.#post("/stop", { message });
-  }
-  cut(): Promise<boolean> {
-    return this.#post("/cut", {});
-  }
 
-  async #post(path: string, body: unknown): Promise<boolean> {
+  protected async post(path: string, body: unknown): Promise<boolean> {
     if (this.gate.isShuttingDown()) return false;
     const r = await controlRequest(
       this.gate,
