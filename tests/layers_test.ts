@@ -38,6 +38,7 @@ const LAYERS: string[][] = [
     "gate/model_scan.ts",
     "gate/control.ts",
     "gate/on_demand.ts",
+    "gate/listen.ts",
   ],
   // Every file as a plan, and the plan on disk.
   ["plan.ts", "apply.ts", "pull.ts"],

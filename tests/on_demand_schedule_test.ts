@@ -72,6 +72,11 @@ function scheduler(minResidencyMs: number, swapMs: number, clock: { now: number 
     swaps,
     served,
     ask,
+    /**
+     * Wait until `n` slow requests wait at the engine: in flight at the gate is not enough, as
+     * the engine may not have read the body yet, and `finish()` would find nothing to let go.
+     */
+    parked: (n: number) => waitUntil(() => slow.length === n, `${n} at the engine`),
     /** Let the slow requests answer. */
     finish: () => slow.splice(0).forEach((r) => r()),
     held: (n: number) => waitUntil(() => gate.counts().held === n, `${n} held`),
@@ -116,7 +121,7 @@ Deno.test("on demand: an engine with nothing to do goes after a quarter of the l
     // sglang's request runs until 2 s after the swap: quiet counts from its end, not its start.
     const t = clock.now;
     const long = s.ask("sglang", true);
-    await waitUntil(() => s.gate.counts().inFlight === 1, "sglang's request in flight");
+    await s.parked(1);
     const back = s.ask("vllm");
     await s.held(1);
     clock.now = t + 2000;
@@ -179,7 +184,7 @@ Deno.test("on demand: an engine that keeps getting requests stays its residency,
     }
     // One request in flight holds it for the rest of the residency, however long it has been.
     const long = s.ask("sglang", true);
-    await waitUntil(() => s.gate.counts().inFlight === 1, "in flight");
+    await s.parked(1);
     clock.now = since + 999;
     s.od.schedule();
     assertDeep(s.swaps, ["sglang"], "swapped while sglang was busy, before its residency");
@@ -201,7 +206,7 @@ Deno.test("on demand: the oldest held request picks the next engine, and every r
   try {
     // vllm is busy (one request in flight): the others are held in this order.
     const busy = s.ask("vllm", true);
-    await waitUntil(() => s.gate.counts().inFlight === 1, "in flight");
+    await s.parked(1);
     const held = [s.ask("sglang")];
     await s.held(1);
     held.push(s.ask("llama"));

@@ -366,6 +366,20 @@ Deno.test("swap: a warm-up that fails fails the swap and rolls back; warmup: fal
   assert(!off.host.stdout.includes("first request"), off.host.stdout);
 });
 
+Deno.test("an on-demand swap runs no Podman (the gate's sandbox keeps it out); a swap by hand does", async () => {
+  const fs = await installed(ENGINES(), "llama");
+  fs.host.clock += 5000;
+  fs.host.calls = [];
+  const inGate = {} as NonNullable<SwapOptions["inGate"]>;
+  assertEquals(await swap(fs.host, opts("vllm", { inGate })), 0, fs.host.stderr);
+  assert(fs.host.calls.some((c) => / start soulstone-vllm/.test(c)), fs.host.calls.join("\n"));
+  assertDeep(fs.host.calls.filter((c) => c.startsWith("podman")), []);
+  fs.host.clock += 5000;
+  fs.host.calls = [];
+  assertEquals(await swap(fs.host, opts("llama")), 0, fs.host.stderr);
+  assert(fs.host.calls.some((c) => c.startsWith("podman ")), fs.host.calls.join("\n"));
+});
+
 Deno.test("swap by hand to the engine on demand started: it becomes the boot engine, and a later swap to it is still a no-op, not a restart", async () => {
   const fs = await installed(ENGINES(), "llama");
   fs.host.clock += 5000;

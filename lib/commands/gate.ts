@@ -13,6 +13,7 @@ import { Gate, openAiError } from "../gate/proxy.ts";
 import { controlFolder, controlRequest, LocalGate, serveControl } from "../gate/control.ts";
 import type { Host } from "../host.ts";
 import { OnDemand } from "../gate/on_demand.ts";
+import { keepListening } from "../gate/listen.ts";
 import { probe, type ProbeState } from "../readiness.ts";
 import { lockPath } from "../install.ts";
 import { openSetup } from "../setup.ts";
@@ -100,28 +101,33 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
     Deno.exit(EXIT.FAILED);
   });
   const hostname = config.gate.listen === "all" ? "0.0.0.0" : "127.0.0.1";
-  const front = Deno.serve({
-    hostname,
-    port: STANDARD_PORT,
-    onListen: () => host.err(`lychd gate: ${hostname}:${STANDARD_PORT} -> ${upstream}\n`),
-    // One line, not a stack trace: a client that cuts its upload off is an everyday event.
-    onError: (e) => {
-      host.err(`lychd gate: ${(e as Error)?.message ?? e}\n`);
-      return openAiError(500, "lychd: the gate failed on this request");
-    },
-  }, (req, info) => {
-    const remote = (info.remoteAddr as Deno.NetAddr).hostname;
-    if (keys && !isLoopback(remote) && !authorized(req, keys)) {
-      gate.countAnswer(401);
-      return openAiError(401, "lychd: a valid API key is required (Authorization: Bearer KEY)");
-    }
-    if (new URL(req.url).pathname === GATE_METRICS_PATH) {
-      return new Response(gate.metrics(), {
-        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-      });
-    }
-    const at = { completed: info.completed, client: remote };
-    return onDemand ? onDemand.handle(req, at) : gate.handle(req, at);
+  const front = keepListening(() =>
+    Deno.serve({
+      hostname,
+      port: STANDARD_PORT,
+      onListen: () => host.err(`lychd gate: ${hostname}:${STANDARD_PORT} -> ${upstream}\n`),
+      // One line, not a stack trace: a client that cuts its upload off is an everyday event.
+      onError: (e) => {
+        host.err(`lychd gate: ${(e as Error)?.message ?? e}\n`);
+        return openAiError(500, "lychd: the gate failed on this request");
+      },
+    }, (req, info) => {
+      const remote = (info.remoteAddr as Deno.NetAddr).hostname;
+      if (keys && !isLoopback(remote) && !authorized(req, keys)) {
+        gate.countAnswer(401);
+        return openAiError(401, "lychd: a valid API key is required (Authorization: Bearer KEY)");
+      }
+      if (new URL(req.url).pathname === GATE_METRICS_PATH) {
+        return new Response(gate.metrics(), {
+          headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+        });
+      }
+      const at = { completed: info.completed, client: remote };
+      return onDemand ? onDemand.handle(req, at) : gate.handle(req, at);
+    }), {
+    now: () => host.now(),
+    sleep: (ms) => host.sleep(ms),
+    log: (line) => host.err(`${line}\n`),
   });
 
   const stop = new Promise<string>((resolve) => {

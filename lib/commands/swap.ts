@@ -51,7 +51,9 @@ export interface SwapOptions {
    * On demand: the gate the swap runs in (no round trips through its control folder), and the
    * boot engine stays as it is (`active:` in lychd.yaml): a swap for one request does not
    * rewrite lychd.yaml and the units and reload systemd, and a reboot starts the engine the
-   * operator chose.
+   * operator chose. Nor does it run Podman: the gate's sandbox keeps it out (docs/gate.md, "The
+   * gate's sandbox"), so the image is not looked for first (a missing one fails the start, and
+   * the journal says why) and a changed stop_timeout is left to systemd.
    */
   inGate?: GateControl;
 }
@@ -98,7 +100,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   if (!(await host.exists(unitFile))) {
     throw new LychdError(`${unitFile} is not there: run \`${lychdLine(setup, "init")}\` first.`);
   }
-  if ((await imageExists(host, target.image)) === false) {
+  if (!options.inGate && (await imageExists(host, target.image)) === false) {
     throw new LychdError(
       `the image of ${target.name}, ${target.image}, is not on this host, and lychd's units never ` +
         `download during a swap. Fetch it first: ${lychdLine(setup, `pull ${target.name}`)}`,
@@ -541,7 +543,7 @@ async function switchTo(
     progress.note("GPU memory not checked: lychd checks it on NVIDIA GPUs only");
   }
   try {
-    if (stopping) await stopWithConfiguredTimeout(host, stopping, progress);
+    if (stopping && !options.inGate) await stopWithConfiguredTimeout(host, stopping, progress);
     if (gpuCheck) {
       // The GPU memory check goes between the stop and the start, so the old engine is stopped
       // on its own first (a start alone would stop it through Conflicts=, with no gap).

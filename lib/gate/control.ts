@@ -226,33 +226,48 @@ export async function serveControl(
     enc.encode(JSON.stringify({ since: Date.now() })),
     0o600,
   );
+  let starved = false;
   while (!stopped()) {
-    for (const name of await host.listDir(`${folder}/in`)) {
-      if (!name.endsWith(".json") || name.startsWith(".")) continue;
-      const file = `${folder}/in/${name}`;
-      const bytes = await host.readFile(file);
-      await host.remove(file);
-      if (bytes === null) continue;
-      let result: { status: number; body: string };
-      try {
-        const r = JSON.parse(new TextDecoder().decode(bytes));
-        const res = await answer(
-          new Request(`http://lychd-gate${r.path}`, {
-            method: r.method,
-            ...(r.method === "POST" ? { body: JSON.stringify(r.body ?? {}) } : {}),
-          }),
+    try {
+      for (const name of await host.listDir(`${folder}/in`)) {
+        if (!name.endsWith(".json") || name.startsWith(".")) continue;
+        const file = `${folder}/in/${name}`;
+        const bytes = await host.readFile(file);
+        await host.remove(file);
+        if (bytes === null) continue;
+        let result: { status: number; body: string };
+        try {
+          const r = JSON.parse(new TextDecoder().decode(bytes));
+          const res = await answer(
+            new Request(`http://lychd-gate${r.path}`, {
+              method: r.method,
+              ...(r.method === "POST" ? { body: JSON.stringify(r.body ?? {}) } : {}),
+            }),
+          );
+          result = { status: res.status, body: await res.text() };
+        } catch (e) {
+          result = { status: 400, body: JSON.stringify({ error: (e as Error).message }) };
+        }
+        await host.writeFileAtomic(
+          `${folder}/out/${name}`,
+          enc.encode(JSON.stringify(result)),
+          0o600,
         );
-        result = { status: res.status, body: await res.text() };
-      } catch (e) {
-        result = { status: 400, body: JSON.stringify({ error: (e as Error).message }) };
       }
-      await host.writeFileAtomic(
-        `${folder}/out/${name}`,
-        enc.encode(JSON.stringify(result)),
-        0o600,
-      );
+      starved = false;
+    } catch (e) {
+      // Out of file descriptors (a flood of connections) passes: wait it out, do not exit.
+      if (!outOfDescriptors(e)) throw e;
+      if (!starved) host.err(`lychd gate: the control folder waits: ${(e as Error).message}\n`);
+      starved = true;
+      await host.sleep(100);
     }
     await host.sleep(10);
   }
   await host.remove(`${folder}/${CONTROL_READY}`);
+}
+
+/** EMFILE or ENFILE: the process or the system ran out of file descriptors, for now. */
+export function outOfDescriptors(e: unknown): boolean {
+  return /\(os error 2[34]\)/.test((e as Error)?.message ?? "");
 }

@@ -72,6 +72,22 @@ export interface GateUnit {
    */
   settings: string;
   wantedBy: string;
+  /** systemd's sandbox, in system mode only (a user's gate already runs as that user). */
+  sandbox: GateSandbox | null;
+}
+
+/**
+ * What the system gate may touch (docs/gate.md, "The gate's sandbox"). It stays uid 0, without
+ * capabilities: it asks systemd which engine runs (root's private socket: no D-Bus needed), and on
+ * demand it starts and stops engines itself.
+ */
+export interface GateSandbox {
+  /** On demand, the gate runs swaps: unit files, lychd's data, the GPU devices (nvidia-smi). */
+  swaps: boolean;
+  /** Written besides its control folder. */
+  readWritePaths: string[];
+  /** PrivateTmp= would hide what the gate reads (lychd, lychd.yaml, the API keys) from /tmp. */
+  privateTmp: boolean;
 }
 
 export const GATE_SERVICE = "lychd-gate.service";
@@ -107,6 +123,18 @@ export function gateUnit(config: LychdConfig, loc: Locations, self: SelfCommand)
       ]),
     })),
     wantedBy: loc.bootTarget,
+    sandbox: loc.mode === "system" ? gateSandbox(config, loc, self) : null,
+  };
+}
+
+function gateSandbox(config: LychdConfig, loc: Locations, self: SelfCommand): GateSandbox {
+  const swaps = config.gate.onDemand;
+  const reads = [...self.program, self.configPath, config.gate.apiKeysFile ?? ""];
+  const underTmp = reads.some((p) => /^\/(var\/)?tmp\//.test(p));
+  return {
+    swaps,
+    readWritePaths: swaps ? [loc.dataDir, loc.quadletDir, loc.unitDir] : [],
+    privateTmp: !underTmp,
   };
 }
 

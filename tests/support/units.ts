@@ -92,6 +92,33 @@ export async function systemdVerify(services: Record<string, string>, mode: Mode
   }
 }
 
+/**
+ * `systemd-analyze security --offline=yes` on one system service: its overall exposure (0 = locked
+ * down, 10 = as exposed as can be) and the lines it printed.
+ */
+export async function securityExposure(
+  name: string,
+  text: string,
+): Promise<{ exposure: number; report: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "lychd-security-" });
+  try {
+    await Deno.writeTextFile(`${dir}/${name}`, text);
+    const r = await new Deno.Command(TOOLS.systemdAnalyze!, {
+      args: ["security", "--offline=yes", "--no-pager", `${dir}/${name}`],
+      env: { SYSTEMD_LOG_COLOR: "0", SYSTEMD_COLORS: "0" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const d = new TextDecoder();
+    const report = (d.decode(r.stdout) + d.decode(r.stderr)).trim();
+    const m = report.match(/Overall exposure level for \S+: (\d+\.\d+)/);
+    if (m === null) throw new Error(`systemd-analyze security printed no exposure:\n${report}`);
+    return { exposure: Number(m[1]), report };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 /** Every value of `key` in `[section]` of a unit text. */
 export function unitValues(text: string, section: string, key: string): string[] {
   const out: string[] = [];
