@@ -5,6 +5,9 @@
 
 export type GpuVendor = "nvidia" | "amd" | "cpu";
 
+/** vLLM's /sleep, /wake_up and /is_sleeping (docs/engines.md, "Sleep and wake"). */
+export type SleepApi = "vllm";
+
 /** Which metric names an engine exports; the harvester's rules map each dialect to `lychd:`. */
 export type MetricsDialect = "vllm" | "sglang" | "llamacpp";
 
@@ -47,6 +50,9 @@ export interface Cartridge {
    * (docs/engines.md, "Compile and JIT caches", has each variable's source).
    */
   compileCaches: Record<string, string>;
+  /** The sleep routes it speaks (`sleep:` in lychd.yaml), or null, and why not. */
+  sleepApi: SleepApi | null;
+  noSleep?: string;
 }
 
 /** Where an engine's compile cache folder is mounted in its container. */
@@ -82,6 +88,7 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       FLASHINFER_WORKSPACE_BASE: "flashinfer",
       CUDA_CACHE_PATH: "cuda",
     },
+    sleepApi: "vllm",
   },
   {
     name: "sglang",
@@ -122,6 +129,10 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       FLASHINFER_WORKSPACE_BASE: "flashinfer",
       CUDA_CACHE_PATH: "cuda",
     },
+    sleepApi: null,
+    noSleep: "its /release_memory_occupation has no route that says whether it is released, so " +
+      "after a restart lychd could not tell it asleep from awake (not yet supported; " +
+      "docs/warm-swaps.md)",
   },
   {
     name: "llama",
@@ -162,6 +173,9 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     // ggml's kernels are compiled ahead of time; the driver's JIT of their PTX (a GPU newer
     // than the build) is what can be kept.
     compileCaches: { CUDA_CACHE_PATH: "cuda" },
+    sleepApi: null,
+    noSleep: "llama.cpp has no sleep or wake route (its --sleep-idle-seconds unloads and reloads " +
+      "from disk); a swap away from it stops it",
   },
 ];
 

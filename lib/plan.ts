@@ -97,7 +97,7 @@ export function buildPlan(
     "prometheus/prometheus.yml",
     renderTemplate("prometheus.yml.j2", {
       ...common,
-      jobs: scrapeJobs(engines.map((u) => u.engine)),
+      jobs: scrapeJobs(engines.map((u) => u.engine), enginePort(config)),
       engine_port: enginePort(config),
       gate: config.gate.enabled ? { metricsPath: GATE_METRICS_PATH } : null,
       dialects: BUILTIN_CARTRIDGES.map((c) => ({ prefix: c.dialect, engine: c.name })),
@@ -135,12 +135,23 @@ export function buildPlan(
 }
 
 /** One scrape job per metrics path in use; "soulstone" for the standard /metrics. */
-function scrapeJobs(engines: { name: string; metricsPath: string }[]) {
-  const jobs = [{ name: "soulstone", metricsPath: "/metrics" }];
+/**
+ * One job per metrics path, scraping every port an engine with that path answers on: the engine
+ * port, and the own port of each engine that sleeps (asleep, it still answers /metrics).
+ */
+function scrapeJobs(
+  engines: { name: string; metricsPath: string; hostPort: number }[],
+  enginePort: number,
+) {
+  const jobs = [{ name: "soulstone", metricsPath: "/metrics", ports: [] as number[] }];
   for (const e of engines) {
-    if (!jobs.some((j) => j.metricsPath === e.metricsPath)) {
-      jobs.push({ name: `soulstone-${e.name}`, metricsPath: e.metricsPath });
+    let job = jobs.find((j) => j.metricsPath === e.metricsPath);
+    if (!job) {
+      job = { name: `soulstone-${e.name}`, metricsPath: e.metricsPath, ports: [] };
+      jobs.push(job);
     }
+    if (!job.ports.includes(e.hostPort)) job.ports.push(e.hostPort);
   }
+  if (jobs[0].ports.length === 0) jobs[0].ports.push(enginePort);
   return jobs;
 }

@@ -6,10 +6,11 @@
  * /v1/models before /health is 200; vLLM opens its port only when ready.
  */
 import type { Host } from "./host.ts";
-import { STANDARD_PORT } from "./engines.ts";
+import { type SleepApi, STANDARD_PORT } from "./engines.ts";
 import { printable } from "./text.ts";
 
-export type ProbeState = "down" | "loading" | "wrong-model" | "ready";
+/** "asleep": an engine that sleeps, alive and healthy but without its weights: it serves nothing. */
+export type ProbeState = "down" | "loading" | "wrong-model" | "ready" | "asleep";
 
 export interface Probe {
   state: ProbeState;
@@ -24,6 +25,8 @@ export interface ProbeTarget {
   healthPath: string;
   /** The model /v1/models must list; null = health alone decides. */
   model: string | null;
+  /** An engine that sleeps answers /health asleep too: it is asked whether it sleeps. */
+  sleep?: { api: SleepApi } | null;
 }
 
 /** Where clients reach lychd: the gate, or the active engine itself. */
@@ -49,6 +52,17 @@ export async function probe(host: Host, target: ProbeTarget, timeoutMs = 2000): 
       detail: `${health.status} ${errorMessage(health.body)}`.trim(),
       models: [],
     };
+  }
+  if (target.sleep) {
+    // vLLM answers /health and /v1/models asleep too; a request sent then may hang (vllm #45268).
+    const asleep = await isAsleep(host, target, timeoutMs);
+    if (asleep !== false) {
+      return {
+        state: asleep ? "asleep" : "loading",
+        detail: asleep ? "asleep" : "healthy, /is_sleeping not answering",
+        models: [],
+      };
+    }
   }
   const listed = await host.httpGet(`${base}/v1/models`, timeoutMs);
   const models = "error" in listed || listed.status !== 200 ? [] : modelIds(listed.body);
@@ -122,4 +136,20 @@ export async function warmUp(
     if (Array.isArray(choices) && choices.length > 0) return { ok: true, ms };
   } catch { /* not JSON: said below */ }
   return { ok: false, why: `HTTP 200 without a completion: ${said}` };
+}
+
+/** Whether an engine that sleeps is asleep now: null when it does not say (down, or no route). */
+export async function isAsleep(
+  host: Pick<Host, "httpGet">,
+  target: { hostPort: number },
+  timeoutMs = 2000,
+): Promise<boolean | null> {
+  const r = await host.httpGet(`${engineUrl(target)}/is_sleeping`, timeoutMs);
+  if ("error" in r || r.status !== 200) return null;
+  try {
+    const v = JSON.parse(r.body)?.is_sleeping;
+    return typeof v === "boolean" ? v : null;
+  } catch {
+    return null;
+  }
 }

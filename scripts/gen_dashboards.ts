@@ -545,8 +545,9 @@ const vessel: DashboardSpec = {
           title: "Scrape health of port 8081",
           unit: "none",
           kind: "stat",
-          description: "1 = the soulstone on 127.0.0.1:8081 answered the last scrape.",
-          targets: [['up{job="soulstone"}', "up"]],
+          description: "1 = a soulstone answered the last scrape (on the engine port, or on the " +
+            "own port of an engine that sleeps).",
+          targets: [['max(up{job="soulstone"})', "up"]],
         },
         {
           title: "Which engine served when",
@@ -642,7 +643,7 @@ const vessel: DashboardSpec = {
           title: "Swaps",
           unit: "none",
           description: "Swaps through the gate per minute, by from, to and result.",
-          targets: [["lychd:gate_swaps:increase1m", "{{from}} -> {{to}} {{result}}"]],
+          targets: [["lychd:gate_swaps:increase1m", "{{from}} -> {{to}} {{result}} ({{kind}})"]],
         },
       ],
     },

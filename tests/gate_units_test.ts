@@ -305,7 +305,7 @@ Deno.test("gate control: close holds, open releases to the named engine, refuse 
   const post = (path: string, body: unknown) =>
     controlRequest(
       gate,
-      "http://127.0.0.1:9",
+      () => "http://127.0.0.1:9",
       0,
       new Request(`http://gate${path}`, {
         method: "POST",
@@ -326,7 +326,10 @@ Deno.test("gate control: close holds, open releases to the named engine, refuse 
   const r = await held;
   assertEquals(r.status, 503);
   assertMatch((await r.json()).error.message, /the swap failed/);
-  assertMatch(gate.metrics(), /lychd_gate_swaps_total\{from="vllm",to="llama",result="failed"\} 1/);
+  assertMatch(
+    gate.metrics(),
+    /lychd_gate_swaps_total\{from="vllm",to="llama",result="failed",kind="cold"\} 1/,
+  );
   assertMatch(gate.metrics(), /lychd_gate_refused_total\{reason="no_engine"\} 1/);
   const opened = await post("/open", { engine: "llama" });
   assertDeep([opened.open, opened.engine], [true, "llama"]);
@@ -675,7 +678,7 @@ Deno.test("a gate started while a swap holds lychd's lock holds requests until t
       lockPath: "/var/lib/lychd/lychd.lock",
       holdMs: 60_000,
       swapHoldMs: 90_000,
-      upstream: url(old),
+      upstream: () => url(old),
       running: () => Promise.resolve("old"),
     });
     return { gate, opened };
@@ -737,7 +740,7 @@ Deno.test("a starting gate keeps what it is told while it looks (a swap's close,
       lockPath: "/var/lib/lychd/lychd.lock",
       holdMs: 60_000,
       swapHoldMs: 90_000,
-      upstream: "http://127.0.0.1:9",
+      upstream: () => "http://127.0.0.1:9",
       // systemctl show, as slow as it likes: the gate is told something meanwhile.
       running: () => new Promise<string | null>((r) => answer = r).then((e) => (told(gate), e)),
     });
@@ -771,7 +774,7 @@ Deno.test("a starting gate keeps what it is told while it looks (a swap's close,
 
 Deno.test("an on-demand swap's in-process gate answers like a gone one once the gate is told to stop", async () => {
   const gate = new Gate("http://127.0.0.1:9", { holdTimeoutMs: 1000, maxHeld: 4 });
-  const local = new LocalGate(gate, "http://127.0.0.1:9", 0);
+  const local = new LocalGate(gate, () => "http://127.0.0.1:9", 0);
   assertEquals((await local.status())?.open, true);
   assertEquals(await local.close(1000), true);
   gate.shutdown();

@@ -32,6 +32,7 @@ const LAYERS: string[][] = [
     "dashboards.ts",
     "images.ts",
     "readiness.ts",
+    "sleep.ts",
     "systemctl.ts",
     "gpu.ts",
     "gate/proxy.ts",

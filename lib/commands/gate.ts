@@ -10,15 +10,26 @@ import type { ConfigOptions, LychdConfig } from "../config/types.ts";
 import { LychdError } from "../errors.ts";
 import { EXIT } from "../exit.ts";
 import { Gate, openAiError } from "../gate/proxy.ts";
-import { controlFolder, controlRequest, LocalGate, serveControl } from "../gate/control.ts";
+import {
+  controlFolder,
+  controlRequest,
+  LocalGate,
+  serveControl,
+  type Upstreams,
+} from "../gate/control.ts";
 import type { Host } from "../host.ts";
 import { OnDemand } from "../gate/on_demand.ts";
 import { keepListening } from "../gate/listen.ts";
-import { probe, type ProbeState } from "../readiness.ts";
+import { engineUrl, isAsleep, probe, type ProbeState } from "../readiness.ts";
 import { lockPath } from "../install.ts";
 import { openSetup } from "../setup.ts";
 import { showUnits } from "../systemctl.ts";
-import { GATE_METRICS_PATH, resolveEngines, soulstoneService } from "../units/model.ts";
+import {
+  type Engine,
+  GATE_METRICS_PATH,
+  resolveEngines,
+  soulstoneService,
+} from "../units/model.ts";
 import { STANDARD_PORT } from "../engines.ts";
 
 export interface GateOptions {
@@ -46,7 +57,12 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
   }
   const engines = resolveEngines(config);
   const upstream = `http://127.0.0.1:${config.gate.enginePort}`;
-  const running = await activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name));
+  // An engine that sleeps answers on a port of its own (docs/warm-swaps.md).
+  const upstreamOf: Upstreams = (name) => {
+    const engine = engines.find((e) => e.name === name);
+    return engine ? engineUrl(engine) : upstream;
+  };
+  const running = await activeEngine(host, setup.loc.systemctlScope, engines);
   const holdSec = config.gate.holdTimeoutSec ??
     engines.find((e) => e.name === (running ?? config.active))!.settings.startTimeoutSec;
   const gate = new Gate(upstream, {
@@ -54,10 +70,10 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
     maxHeld: config.gate.maxHeld,
     serving: async () => {
       // Whatever serves on the engine port now: ask systemd which one, then the engine itself.
-      const name = await activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name));
+      const name = await activeEngine(host, setup.loc.systemctlScope, engines);
       const engine = engines.find((e) => e.name === name);
       if (engine === undefined || !serves((await probe(host, engine, 1000)).state)) return false;
-      return { engine: engine.name };
+      return { engine: engine.name, upstream: engineUrl(engine) };
     },
   });
   // Open only once the engine really serves (probed): a loading llama.cpp answers 503, which
@@ -68,8 +84,8 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
     // As `lychd swap` holds: the slowest start, the slowest stop, and 30 s.
     swapHoldMs: (Math.max(...engines.map((e) => e.settings.startTimeoutSec)) +
       Math.max(...engines.map((e) => e.settings.stopTimeoutSec)) + 30) * 1000,
-    upstream,
-    running: () => activeEngine(host, setup.loc.systemctlScope, engines.map((e) => e.name)),
+    upstream: upstreamOf,
+    running: () => activeEngine(host, setup.loc.systemctlScope, engines),
   });
   let keys = await apiKeys(host, config);
   // A key added or revoked takes effect without a restart (which would cut requests in flight).
@@ -84,7 +100,7 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
     ? new OnDemand(gate, engines, {
       minResidencyMs: config.gate.minResidencySec * 1000,
       swap: (engine) =>
-        swapInProcess(host, options.config, engine, new LocalGate(gate, upstream, since)),
+        swapInProcess(host, options.config, engine, new LocalGate(gate, upstreamOf, since)),
       log: (line) => host.err(`${line}\n`),
     })
     : null;
@@ -93,7 +109,7 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
   const control = serveControl(
     host,
     folder,
-    (req) => controlRequest(gate, upstream, since, req),
+    (req) => controlRequest(gate, upstreamOf, since, req),
     () => stopping,
   ).catch((e) => {
     // Without its control folder no swap can drain it: exit, and let systemd say why.
@@ -162,7 +178,7 @@ export async function openAfterSwaps(
     lockPath: string;
     holdMs: number;
     swapHoldMs: number;
-    upstream: string;
+    upstream: Upstreams;
     running: () => Promise<string | null>;
   },
 ): Promise<void> {
@@ -183,7 +199,7 @@ export async function openAfterSwaps(
   }
   const running = await at.running().catch(() => null);
   if (gate.changes() !== mark || gate.isShuttingDown()) return; // told what to do meanwhile
-  gate.recover(at.upstream, running);
+  gate.recover(at.upstream(running), running);
   // On demand waited while the gate was closed as if by a swap: the held requests may want a
   // swap of their own now.
   gate.onHold?.();
@@ -198,10 +214,21 @@ export function serves(state: ProbeState): boolean {
   return state === "ready" || state === "wrong-model";
 }
 
-async function activeEngine(host: Host, scope: string[], names: string[]): Promise<string | null> {
+/** The engine that runs and is awake (engines asleep run too: docs/warm-swaps.md). */
+async function activeEngine(
+  host: Host,
+  scope: string[],
+  engines: Engine[],
+): Promise<string | null> {
   try {
+    const names = engines.map((e) => e.name);
     const states = await showUnits(host, scope, names.map(soulstoneService), ["ActiveState"]);
-    return names.find((n) => states[soulstoneService(n)]?.ActiveState === "active") ?? null;
+    for (const e of engines) {
+      if (states[soulstoneService(e.name)]?.ActiveState !== "active") continue;
+      if (e.sleep && (await isAsleep(host, e)) === true) continue;
+      return e.name;
+    }
+    return null;
   } catch {
     return null;
   }

@@ -12,7 +12,7 @@ import { GRAFANA_PORT, PROMETHEUS_PORT } from "../engines.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import { openSetup } from "../setup.ts";
-import { BASE_URL, probe } from "../readiness.ts";
+import { BASE_URL, isAsleep, probe } from "../readiness.ts";
 import { showUnits } from "../systemctl.ts";
 import { formatBytes, imageExists, imageSize, modelLocation } from "../images.ts";
 import {
@@ -45,6 +45,8 @@ export interface StatusReport {
     unit: string;
     state: string;
     subState: string;
+    /** The level it sleeps at, when it runs asleep (docs/warm-swaps.md); else null. */
+    asleep: number | null;
     boot: boolean;
     image: string;
     /** Whether the image is on this host (null: Podman did not answer), and its size in bytes. */
@@ -110,8 +112,15 @@ export async function status(host: Host, options: StatusOptions): Promise<number
   ];
   const props = await showUnits(host, loc.systemctlScope, units, ["ActiveState", "SubState"]);
   const state = (unit: string) => props[unit]?.ActiveState ?? "unknown";
-  const active =
-    engines.find((e) => ["active", "activating"].includes(state(soulstoneService(e.name)))) ?? null;
+  const running = engines.filter((e) =>
+    ["active", "activating"].includes(state(soulstoneService(e.name)))
+  );
+  // Engines asleep run too: the active one is the one awake.
+  const asleep = new Map<string, number>();
+  for (const e of running) {
+    if (e.sleep && (await isAsleep(host, e)) === true) asleep.set(e.name, e.sleep.level);
+  }
+  const active = running.find((e) => !asleep.has(e.name)) ?? null;
   const p = active ? await probe(host, active) : null;
   const report: StatusReport = {
     version: 1,
@@ -153,6 +162,7 @@ export async function status(host: Host, options: StatusOptions): Promise<number
         unit: soulstoneService(e.name),
         state: state(soulstoneService(e.name)),
         subState: props[soulstoneService(e.name)]?.SubState ?? "unknown",
+        asleep: asleep.get(e.name) ?? null,
         boot: e.name === config.active,
         image: e.image,
         imagePresent: present,
@@ -225,9 +235,9 @@ function describe(r: StatusReport): string {
       : "MISSING";
   for (const e of r.engines) {
     lines.push(
-      `    ${e.name.padEnd(10)} ${`${e.state} (${e.subState})`.padEnd(22)} ${
-        e.boot ? "starts at boot" : ""
-      }`,
+      `    ${e.name.padEnd(10)} ${
+        `${e.state} (${e.asleep === null ? e.subState : `asleep, level ${e.asleep}`})`.padEnd(22)
+      } ${e.boot ? "starts at boot" : ""}`,
       `      image ${e.image} [${have(e.imagePresent, e.imageBytes)}]`,
       `      model ${e.model ?? "-"} [${
         e.model ? have(e.modelPresent, e.modelBytes, e.modelUnknown) : "-"

@@ -13,8 +13,9 @@ import { LychdError } from "../errors.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import { imageExists } from "../images.ts";
-import { installUnits, withLock } from "../install.ts";
-import { BASE_URL, engineUrl, type Probe, probe, warmUp } from "../readiness.ts";
+import { installUnits, withLock, withoutInstall } from "../install.ts";
+import { BASE_URL, engineUrl, isAsleep, type Probe, probe, warmUp } from "../readiness.ts";
+import { putToSleep, wake } from "../sleep.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import {
   journalTail,
@@ -114,14 +115,17 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   const running = engines.filter((e) =>
     RUNNING.includes(states[soulstoneService(e.name)]?.ActiveState)
   );
-  const previous = running.find((e) => e.name !== target.name) ?? null;
+  // Engines asleep run too (docs/warm-swaps.md): the one swapped away from is the one awake.
+  const asleep = new Set<string>();
+  for (const e of running) if (e.sleep && (await isAsleep(host, e)) === true) asleep.add(e.name);
+  const previous = running.find((e) => e.name !== target.name && !asleep.has(e.name)) ?? null;
   const targetRuns = running.some((e) => e.name === target.name);
 
   // Re-render with the target as the boot engine first: if its unit changes now (lychd.yaml was
   // edited) or changed after it started (through init), a running target must be restarted, or
   // it keeps serving with its old settings. Moving [Install] (the boot engine) needs no restart.
   const writtenBefore = await startedBefore(host, unitFile, states[soulstoneService(target.name)]);
-  const writtenAt = await host.modifiedAt(unitFile);
+  // (installUnits keeps the time of a unit whose only change is [Install].)
   const { changed } = await installUnits(
     host,
     setup,
@@ -129,18 +133,10 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     options.inGate ? [] : activeIs(target.name, bootBefore),
   );
   const own = changed.find((c) => c.path === unitFile);
-  const stale = targetRuns && !previous &&
+  // Asleep, the target runs beside the engine awake (docs/warm-swaps.md): stale all the same.
+  const stale = targetRuns && (!previous || target.sleep !== null) &&
     (writtenBefore ||
       (own !== undefined && withoutInstall(own.before) !== withoutInstall(own.file?.content)));
-  if (
-    targetRuns && !writtenBefore && writtenAt !== null && own !== undefined &&
-    withoutInstall(own.before) === withoutInstall(own.file?.content)
-  ) {
-    // Only its [Install] section moved (it becomes the boot engine; on demand started it
-    // without): the engine runs what the unit says, and the file's time must keep saying so, or
-    // the next swap to it would restart it for nothing (startedBefore).
-    await host.setModifiedAt(unitFile, writtenAt);
-  }
   if (targetRuns && !previous && !stale) {
     const p = await probe(host, target);
     if (p.state === "ready") {
@@ -327,11 +323,6 @@ async function startedBefore(
   const since = parseTimestamp(props?.ActiveEnterTimestamp);
   const written = await host.modifiedAt(unitFile);
   return since !== null && written !== null && written > since;
-}
-
-/** A unit's text without its [Install] section, which only says when systemd starts it. */
-function withoutInstall(text: string | null | undefined): string {
-  return (text ?? "").replace(/\n(#[^\n]*\n)*\[Install\][\s\S]*$/, "\n").trimEnd();
 }
 
 /**
@@ -528,13 +519,19 @@ async function switchTo(
   const service = soulstoneService(engine.name);
   const t0 = host.now();
   await installUnits(host, setup, text, options.inGate ? [] : activeIs(engine.name, bootBefore));
-  const stopping = restart ? engine : previous;
+  // Warm (docs/warm-swaps.md): between two engines that sleep, the old one is put to sleep, and
+  // the new one woken if it sleeps. Anything that fails on the way falls back to the cold path.
+  const warm = previous !== null && previous.sleep !== null && engine.sleep !== null;
+  const asleep = engine.sleep !== null && !restart && (await isAsleep(host, engine)) === true;
   progress.phase(
     restart
-      ? `restarting ${engine.name} (its unit changed)`
+      ? `${warm ? `putting ${previous!.name} to sleep, then ` : ""}restarting ${engine.name} ` +
+        "(its unit changed)"
+      : warm
+      ? `putting ${previous!.name} to sleep, then ${asleep ? "waking" : "starting"} ${engine.name}`
       : previous
-      ? `stopping ${previous.name}, then starting ${engine.name}`
-      : `starting ${engine.name}`,
+      ? `stopping ${previous.name}, then ${asleep ? "waking" : "starting"} ${engine.name}`
+      : `${asleep ? "waking" : "starting"} ${engine.name}`,
   );
   const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
   const gpuCheck = checkGpu && engine.gpu.vendor === "nvidia";
@@ -542,8 +539,25 @@ async function switchTo(
     // No captured output of the ROCm tools to build a parser on: say so rather than guess.
     progress.note("GPU memory not checked: lychd checks it on NVIDIA GPUs only");
   }
+  let stopping = restart ? engine : previous;
+  const warmPhases: Record<string, number> = {};
+  let wokeAt: number | null = null;
   try {
-    if (stopping && !options.inGate) await stopWithConfiguredTimeout(host, stopping, progress);
+    if (warm) {
+      const t = host.now();
+      const slept = await putToSleep(host, previous!, previous!.settings.stopTimeoutSec * 1000);
+      if (slept.ok) {
+        warmPhases.sleep = (host.now() - t) / 1000;
+        progress.note(`${previous!.name} asleep (level ${previous!.sleep!.level})`);
+        if (!restart) stopping = null;
+      } else {
+        progress.note(`${previous!.name} did not go to sleep (${slept.reason}): stopping it`);
+        await systemctl(host, scope, "stop", soulstoneService(previous!.name));
+      }
+    } else if (stopping && !options.inGate) {
+      await stopWithConfiguredTimeout(host, stopping, progress);
+    }
+    const stoppedFirst = gpuCheck && stopping !== null;
     if (gpuCheck) {
       // The GPU memory check goes between the stop and the start, so the old engine is stopped
       // on its own first (a start alone would stop it through Conflicts=, with no gap).
@@ -553,10 +567,22 @@ async function switchTo(
         progress.done();
         return { ok: false, reason: memory };
       }
-      await systemctl(host, scope, "start", service);
-    } else {
+    }
+    let woken = false;
+    if (asleep) {
+      const t = host.now();
+      const w = await wake(host, engine, engine.settings.startTimeoutSec * 1000);
+      if (w.ok) {
+        woken = true;
+        wokeAt = host.now();
+        warmPhases.wake = (wokeAt - t) / 1000;
+        progress.note(`${engine.name} awake`);
+      } else progress.note(`${engine.name} did not wake (${w.reason}): restarting it`);
+    }
+    if (!woken) {
       // Returns once the container runs; Conflicts= has stopped the previous engine before that.
-      await systemctl(host, scope, restart ? "restart" : "start", service);
+      const verb = !stoppedFirst && (restart || asleep) ? "restart" : "start";
+      await systemctl(host, scope, verb, service);
     }
   } catch (e) {
     progress.done();
@@ -579,16 +605,17 @@ async function switchTo(
   );
   // A restart's stop shows in the same unit's timestamps.
   const stoppedAt = stoppedUnit ? parseTimestamp(after[stoppedUnit]?.InactiveEnterTimestamp) : null;
-  const upAt = parseTimestamp(after[service]?.ActiveEnterTimestamp) ?? host.now();
+  // Woken, it has been up since long before: it counts from when it woke.
+  const upAt = wokeAt ?? parseTimestamp(after[service]?.ActiveEnterTimestamp) ?? host.now();
   const killed = stoppedUnit && stoppedUnit !== service ? wasKilled(after[stoppedUnit]) : false;
-  if (previous && !restart) {
+  if (previous && !restart && stopping) {
     progress.note(`${previous.name} stopped${killed ? " (it did not exit in time: killed)" : ""}`);
   }
   if (previous && killed) {
     // Killed on purpose by the stop timeout: not a failure worth keeping on the unit.
     await systemctl(host, scope, "reset-failed", soulstoneService(previous.name)).catch(() => {});
   }
-  progress.note("container up");
+  if (wokeAt === null) progress.note("container up");
 
   if (!options.wait) {
     progress.done();
@@ -673,6 +700,9 @@ async function switchTo(
   }
   progress.done();
   const steps = [
+    ...(warmPhases.sleep === undefined
+      ? []
+      : [`old engine asleep ${fmt(warmPhases.sleep * 1000)}`]),
     ...(stopping
       ? [
         `${restart ? "stopped" : "old engine stopped"} ${fmt((stoppedAt ?? upAt) - t0)}${
@@ -680,7 +710,9 @@ async function switchTo(
         }`,
       ]
       : []),
-    `container up ${fmt(Math.max(0, upAt - (stoppedAt ?? t0)))}`,
+    wokeAt === null
+      ? `container up ${fmt(Math.max(0, upAt - (stoppedAt ?? t0)))}`
+      : `woken ${fmt(warmPhases.wake! * 1000)}`,
     `model loaded ${fmt(Math.max(0, readyAt - upAt))}`,
     ...(warmMs === null ? [] : [`first request ${fmt(warmMs)}`]),
   ];
@@ -689,8 +721,9 @@ async function switchTo(
     ok: true,
     ready: { ms: host.now() - t0, steps },
     phases: {
+      ...warmPhases,
       ...(stoppedMs === null ? {} : { stop: stoppedMs / 1000 }),
-      start: Math.max(0, upAt - (stoppedAt ?? t0)) / 1000,
+      ...(wokeAt === null ? { start: Math.max(0, upAt - (stoppedAt ?? t0)) / 1000 } : {}),
       load: Math.max(0, readyAt - upAt) / 1000,
       ...(warmMs === null ? {} : { warmup: warmMs / 1000 }),
     },
@@ -758,6 +791,8 @@ function phaseText(p: Probe): string {
       return "waiting for the server to open its port";
     case "loading":
       return `loading (${p.detail})`;
+    case "asleep":
+      return "asleep";
     case "wrong-model":
       return `up, but ${p.detail}`;
     default:

@@ -1,4 +1,5 @@
-import type { GpuVendor } from "../engines.ts";
+import type { GpuVendor, SleepApi } from "../engines.ts";
+export type { SleepApi };
 import type { Override } from "./yaml.ts";
 
 /** Which setup a command acts on, as the command line says it (lib/setup.ts resolves it). */
@@ -52,7 +53,16 @@ export interface CartridgeSettings {
   warmup: boolean;
   /** Folders inside the container kept in lychd's compile cache folder for the engine. */
   caches: string[];
+  /**
+   * Warm swaps (docs/warm-swaps.md): a swap away from this engine puts it to sleep at this level
+   * (1: weights to host RAM; 2: weights dropped) instead of stopping it; null = stop it.
+   */
+  sleep: SleepLevel | null;
+  /** The sleep routes a custom engine speaks (built-ins know theirs). */
+  sleepApi: SleepApi | null;
 }
+
+export type SleepLevel = 1 | 2;
 
 /** lychd's own server on 8081 (`lychd gate`, lychd-gate.service), in front of the engines. */
 export interface GateSettings {

@@ -5,7 +5,14 @@
  */
 import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
-import type { CartridgeSettings, GateSettings, GpuSpec, LychdConfig } from "./types.ts";
+import type {
+  CartridgeSettings,
+  GateSettings,
+  GpuSpec,
+  LychdConfig,
+  SleepApi,
+  SleepLevel,
+} from "./types.ts";
 import { CONTROL_CHARACTER, hostPathProblem } from "../unit_syntax.ts";
 import type { KeyPath } from "./yaml.ts";
 import { suggest } from "../suggest.ts";
@@ -48,8 +55,10 @@ const CARTRIDGE_KEYS = [
   "metrics_path",
   "warmup",
   "caches",
+  "sleep",
+  "sleep_api",
 ] as const;
-const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path"];
+const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path", "sleep_api"];
 const HARVESTER_KEYS = ["image", "scrape_interval", "retention"] as const;
 const SCRIBE_KEYS = ["image"] as const;
 const GATE_KEYS = [
@@ -100,6 +109,8 @@ export function defaultSettings(name: string): CartridgeSettings {
     metricsPath: null,
     warmup: builtinCartridge(name) !== undefined,
     caches: [],
+    sleep: null,
+    sleepApi: null,
   };
 }
 
@@ -142,7 +153,7 @@ class Validator {
     }
     const harvester = this.map(top.harvester ?? {}, ["harvester"], HARVESTER_KEYS) ?? {};
     const scribe = this.map(top.scribe ?? {}, ["scribe"], SCRIBE_KEYS) ?? {};
-    return {
+    const config: LychdConfig = {
       engines,
       active: active ?? engines[0],
       gpu: this.gpu(top.gpu ?? "nvidia", ["gpu"]) ?? { vendor: "nvidia", devices: [] },
@@ -170,6 +181,43 @@ class Validator {
       gate: this.gate(top.gate),
       cartridges,
     };
+    this.sleepers(config);
+    return config;
+  }
+
+  /** Engines that sleep need an API to sleep with, and the gate (docs/warm-swaps.md). */
+  sleepers(config: LychdConfig): void {
+    const sleepers = config.engines.filter((n) => config.cartridges[n]?.sleep);
+    for (const name of sleepers) {
+      const path = ["cartridges", name, "sleep"];
+      const builtin = builtinCartridge(name);
+      if (builtin && builtin.sleepApi === null) {
+        this.fail(path, `${builtin.title} cannot be put to sleep by lychd: ${builtin.noSleep}`);
+      } else if (!builtin && config.cartridges[name].sleepApi === null) {
+        this.fail(
+          path,
+          `custom engine "${name}" needs sleep_api: vllm beside sleep (the routes it speaks)`,
+        );
+      } else if (!config.gate.enabled) {
+        this.fail(
+          path,
+          "needs the gate (gate: true): an engine asleep keeps its port, and only the gate " +
+            "sends each request to the one awake",
+        );
+      }
+    }
+    // Each sleeper listens on a port of its own after the gate's engine port.
+    const last = config.gate.enginePort + sleepers.length;
+    const taken = TAKEN_PORTS.filter((p) => p > config.gate.enginePort && p <= last);
+    if (sleepers.length > 0 && (taken.length > 0 || last > 65535)) {
+      this.fail(
+        ["gate", "engine_port"],
+        `${config.gate.enginePort}: the ${sleepers.length} engines that sleep take the ports ` +
+          `after it, up to ${last}, which ${
+            taken.length ? `includes ${taken.join(", ")} (lychd's)` : "is past 65535"
+          }; choose another engine_port`,
+      );
+    }
   }
 
   /** `gate: false`, `gate: true`, or a mapping of its settings. */
@@ -323,7 +371,28 @@ class Validator {
       // A custom engine may not speak /v1/completions: warm-up is for it to opt into.
       warmup: opt("warmup", (v, p) => this.boolean(v, p)) ?? builtin !== undefined,
       caches: opt("caches", (v, p) => this.caches(v, p)) ?? [],
+      sleep: opt("sleep", (v, p) => this.sleepLevel(v, p)),
+      sleepApi: opt("sleep_api", (v, p) => this.sleepApi(v, p)),
     };
+  }
+
+  /** `sleep: 1`, `sleep: 2` or `sleep: false`. */
+  sleepLevel(raw: unknown, path: KeyPath): SleepLevel | null {
+    if (raw === false) return null;
+    if (raw === 1 || raw === 2) return raw;
+    return this.fail(
+      path,
+      `expected 1 (weights kept in host RAM), 2 (weights dropped) or false, got ${describe(raw)}`,
+    );
+  }
+
+  sleepApi(raw: unknown, path: KeyPath): SleepApi | null {
+    if (raw === "vllm") return raw;
+    return this.fail(
+      path,
+      `expected vllm (the engine speaks vLLM's /sleep, /wake_up and /is_sleeping), got ` +
+        describe(raw),
+    );
   }
 
   /** A mapping whose keys are all in `known` (null = any key). */

@@ -115,7 +115,7 @@ export class GateClient extends GateControl {
 export class LocalGate extends GateControl {
   readonly pollMs = 10;
   readonly inProcess = true;
-  constructor(private gate: Gate, private upstream: string, private since: number) {
+  constructor(private gate: Gate, private upstream: Upstreams, private since: number) {
     super();
   }
 
@@ -138,12 +138,18 @@ export class LocalGate extends GateControl {
 }
 
 /**
- * The server side: one control request against `gate`, whose engines all answer at `upstream`.
+ * Where each engine answers: the engine port, or the own port of an engine that sleeps
+ * (docs/warm-swaps.md); null = an engine not known, on the engine port.
+ */
+export type Upstreams = (engine: string | null) => string;
+
+/**
+ * The server side: one control request against `gate`, whose engines answer at `upstream(name)`.
  * Pure over the gate (no I/O of its own), so it is tested without the folder.
  */
 export async function controlRequest(
   gate: Gate,
-  upstream: string,
+  upstream: Upstreams,
   since: number,
   req: Request,
 ): Promise<Response> {
@@ -165,16 +171,19 @@ export async function controlRequest(
   switch (path) {
     case "/close": {
       const hold = Number(body.hold_ms);
-      gate.close(Number.isFinite(hold) && hold > 0 ? hold : undefined, upstream);
+      gate.close(Number.isFinite(hold) && hold > 0 ? hold : undefined, upstream(gate.engine()));
       return json(gateStatus(gate, since));
     }
     case "/open":
       if (typeof body.engine !== "string") return json({ error: "open needs an engine" }, 400);
       if (swap) gate.recordSwap(swap);
-      gate.open(upstream, body.engine);
+      gate.open(upstream(body.engine), body.engine);
       return json(gateStatus(gate, since));
     case "/recover":
-      gate.recover(upstream, typeof body.engine === "string" ? body.engine : null);
+      {
+        const engine = typeof body.engine === "string" ? body.engine : null;
+        gate.recover(upstream(engine), engine);
+      }
       return json(gateStatus(gate, since));
     case "/stop":
       gate.stop(String(body.message ?? "no engine is active"));
@@ -186,7 +195,7 @@ export async function controlRequest(
       if (swap) gate.recordSwap(swap);
       gate.refuseHeld(String(body.message ?? "no engine serves"));
       // Whatever comes up on the engine port later (a start by hand) is served.
-      gate.recover(upstream, null);
+      gate.recover(upstream(null), null);
       return json(gateStatus(gate, since));
     default:
       return json({ error: `no POST ${path}` }, 404);

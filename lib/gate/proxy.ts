@@ -26,7 +26,9 @@ export interface GateOptions {
    * restarting) is held instead of failed, and the gate polls this until an engine serves
    * again; without it, that request is a 503 at once.
    */
-  serving?: (upstream: string) => Promise<{ engine: string | null } | false>;
+  serving?: (
+    upstream: string,
+  ) => Promise<{ engine: string | null; upstream?: string } | false>;
   /** How often `serving` is asked while the engine is away. */
   probeIntervalMs?: number;
   /** Bytes of request bodies the gate may hold in memory at once (default MAX_BUFFERED_BYTES). */
@@ -47,7 +49,7 @@ export interface SwapRecord {
   to: string;
   /** ok: `to` serves; rolled-back: `to` failed and `from` serves again; failed: nothing serves. */
   result: "ok" | "rolled-back" | "failed";
-  /** Seconds per phase: drain, stop, start, load (those that happened). */
+  /** Seconds per phase: drain, sleep, stop, wake, start, load, warmup (those that happened). */
   phases: Record<string, number>;
   /** When it ended (ms since the epoch). */
   at: number;
@@ -458,7 +460,12 @@ export class Gate {
 
   recordSwap(swap: SwapRecord): void {
     this.#lastSwap = swap;
-    this.#count(this.#swaps, `from="${swap.from ?? ""}",to="${swap.to}",result="${swap.result}"`);
+    // Warm: the new engine was woken from sleep, not started (docs/warm-swaps.md).
+    const kind = "wake" in swap.phases ? "warm" : "cold";
+    this.#count(
+      this.#swaps,
+      `from="${swap.from ?? ""}",to="${swap.to}",result="${swap.result}",kind="${kind}"`,
+    );
     for (const [phase, sec] of Object.entries(swap.phases)) {
       if (!this.#phases.has(phase)) this.#phases.set(phase, new Histogram(PHASE_BUCKETS));
       this.#phases.get(phase)!.observe(sec);
@@ -681,7 +688,8 @@ export class Gate {
       // Taken over while it probed (a swap opened, a newer recovery): its answer is stale.
       if (this.#lost !== upstream || epoch !== this.#recovering) return;
       if (found) {
-        this.open(upstream, found.engine ?? engine);
+        // The engine that serves may answer elsewhere (one that sleeps has a port of its own).
+        this.open(found.upstream ?? upstream, found.engine ?? engine);
         return;
       }
       setTimeout(poll, this.options.probeIntervalMs ?? 250);
@@ -882,7 +890,11 @@ export class Gate {
         `lychd_gate_refused_total{reason="${reason}"} ${this.#refusals.get(reason) ?? 0}`,
       );
     }
-    family("lychd_gate_swaps_total", "counter", "Swaps through the gate, by from, to and result.");
+    family(
+      "lychd_gate_swaps_total",
+      "counter",
+      "Swaps through the gate, by from, to, result and kind (warm: woken from sleep).",
+    );
     for (const [k, v] of this.#swaps) lines.push(`lychd_gate_swaps_total{${k}} ${v}`);
     family("lychd_gate_swap_phase_seconds", "histogram", "How long each phase of a swap took.");
     for (const [phase, h] of this.#phases) {

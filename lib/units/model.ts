@@ -2,7 +2,13 @@
  * Deciding what every unit says, as data (the podlet way): config + locations -> units.
  * Nothing here builds text; the templates in templates/ only lay these values out.
  */
-import type { CartridgeSettings, GpuSpec, LychdConfig } from "../config/types.ts";
+import type {
+  CartridgeSettings,
+  GpuSpec,
+  LychdConfig,
+  SleepApi,
+  SleepLevel,
+} from "../config/types.ts";
 import {
   builtinCartridge,
   type Cartridge,
@@ -34,6 +40,8 @@ export interface Engine {
   gpu: GpuSpec;
   settings: CartridgeSettings;
   cartridge: Cartridge | null;
+  /** A swap away puts it to sleep rather than stopping it (docs/warm-swaps.md); null: stops. */
+  sleep: { level: SleepLevel; api: SleepApi } | null;
 }
 
 /** soulstone-<engine>.container */
@@ -120,6 +128,7 @@ export function gateUnit(config: LychdConfig, loc: Locations, self: SelfCommand)
         e.hostPort,
         e.healthPath,
         e.settings.startTimeoutSec,
+        e.sleep,
       ]),
     })),
     wantedBy: loc.bootTarget,
@@ -183,11 +192,18 @@ export function enginePort(config: LychdConfig): number {
 }
 
 export function resolveEngines(config: LychdConfig): Engine[] {
-  const hostPort = enginePort(config);
+  // validateConfig guarantees that an engine that sleeps has an API and the gate.
+  const sleepers = config.engines.filter((n) => config.cartridges[n]?.sleep);
   return config.engines.map((name) => {
     const cartridge = builtinCartridge(name) ?? null;
     const settings = config.cartridges[name] ?? defaultSettings(name);
     const gpu = settings.gpu ?? config.gpu;
+    const sleep = settings.sleep === null
+      ? null
+      : { level: settings.sleep, api: (cartridge?.sleepApi ?? settings.sleepApi)! };
+    // The engines that stop share the engine port (one runs at a time); one asleep keeps its
+    // process and its port, so each one that sleeps has a port of its own after it.
+    const hostPort = enginePort(config) + (sleep ? 1 + sleepers.indexOf(name) : 0);
     if (cartridge) {
       const image = settings.image ?? cartridge.images[gpu.vendor];
       if (!image) {
@@ -210,6 +226,7 @@ export function resolveEngines(config: LychdConfig): Engine[] {
         gpu,
         settings,
         cartridge,
+        sleep,
       };
     }
     // validateConfig guarantees that a listed custom engine has an image and a port.
@@ -226,9 +243,18 @@ export function resolveEngines(config: LychdConfig): Engine[] {
       gpu,
       settings,
       cartridge: null,
+      sleep,
     };
   });
 }
+
+/**
+ * What an engine that sleeps is started with: vLLM offers /sleep only with --enable-sleep-mode,
+ * and the routes exist only in its development mode (docs/engines.md, "Sleep and wake").
+ */
+const SLEEP_FLAGS: Record<SleepApi, { args: string[]; env: Record<string, string> }> = {
+  vllm: { args: ["--enable-sleep-mode"], env: { VLLM_SERVER_DEV_MODE: "1" } },
+};
 
 export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
   const engines = resolveEngines(config);
@@ -236,7 +262,10 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
   const modelCache = config.modelCache ?? loc.modelCache;
   return engines.map((engine) => {
     const { settings, cartridge } = engine;
-    const siblings = names.filter((n) => n !== engine.name).sort();
+    // Engines that sleep run side by side (one awake, lychd's swap sees to it); every other pair
+    // conflicts, so starting an engine that stops still stops every other one.
+    const sleeps = (n: string) => engines.find((e) => e.name === n)!.sleep !== null;
+    const siblings = names.filter((n) => n !== engine.name && !(sleeps(n) && engine.sleep)).sort();
     const volumes = [
       `${modelCache}:${cartridge?.modelCacheTarget ?? "/root/.cache/huggingface"}:z`,
     ];
@@ -271,6 +300,7 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
         ...compileEnv,
         ...cartridge?.env,
         ...(config.offline ? cartridge?.offline.env : {}),
+        ...(engine.sleep ? SLEEP_FLAGS[engine.sleep.api].env : {}),
         ...settings.env,
       }),
       secrets: Object.entries(secrets).map(([env, name]) => `${name},type=env,target=${env}`),
@@ -282,6 +312,8 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
         ...(cartridge ? cartridge.command(engine.model!) : []),
         ...(config.offline && cartridge ? cartridge.offline.args : []),
         ...settings.args,
+        // Last: a custom engine's args are its whole command line (vLLM's model comes first).
+        ...(engine.sleep ? SLEEP_FLAGS[engine.sleep.api].args : []),
       ],
       ipcHost: cartridge?.ipcHost ?? false,
       timeoutStartSec: settings.startTimeoutSec,

@@ -10,6 +10,18 @@
  *   --fake-never-ready      stay at 503 forever
  *   --fake-ignore-sigterm   keep running on SIGTERM, like llama.cpp with clients connected
  *   --fake-completions-fail healthy and listing its model, but every completion is a 500
+ * Sleep (vLLM's routes, docs/engines.md "Sleep and wake"), only when started as vLLM offers them:
+ * with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1. POST /sleep?level=1|2, POST /wake_up
+ * [?tags=weights|kv_cache], GET /is_sleeping, POST /collective_rpc {"method":"reload_weights"},
+ * POST /reset_prefix_cache. Asleep it still answers /health and /v1/models (as vLLM does); a
+ * chat or completion is refused with a 500 unless a hazard below says otherwise; after level 2
+ * the weights must be reloaded, or a completion is a 500 ("weights not reloaded").
+ *   --fake-sleep-ms N       how long /sleep takes (default 100)
+ *   --fake-wake-ms N        how long /wake_up takes (default 300)
+ *   --fake-hang-asleep      a request while asleep hangs (vllm #45268): 30 s, then a 500
+ *   --fake-crash-on-busy-sleep  /sleep with a request in flight answers 200, then the engine
+ *                           exits 1 (vllm #45520)
+ *   --fake-crash-on-sleep   /sleep answers 200, then the engine exits 1
  * /whoami also says whether its compile cache (VLLM_CACHE_ROOT, SGLANG_JIT_CACHE_ROOT or
  * CUDA_CACHE_PATH, as lychd sets them) held what an earlier start wrote: cache=hit|miss|none.
  */
@@ -26,6 +38,73 @@ const loadMs = Number(flag("--fake-load-ms") ?? 1000);
 const neverReady = args.includes("--fake-never-ready");
 const started = Date.now();
 let requests = 0;
+/** Chat and completion requests being answered now. */
+let inFlight = 0;
+
+// Sleep, as vLLM offers it: only in development mode, only with --enable-sleep-mode.
+const canSleep = args.includes("--enable-sleep-mode") &&
+  Deno.env.get("VLLM_SERVER_DEV_MODE") === "1";
+const sleepMs = Number(flag("--fake-sleep-ms") ?? 100);
+const wakeMs = Number(flag("--fake-wake-ms") ?? 300);
+let weightsOn = true;
+let kvOn = true;
+let weightsValid = true;
+const asleep = () => !weightsOn || !kvOn;
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A chat or completion request that arrives while asleep: refused, or one of vLLM's hazards. */
+async function whileAsleep(req: Request): Promise<Response> {
+  console.log(`request while asleep: ${new URL(req.url).pathname}`);
+  if (args.includes("--fake-hang-asleep")) {
+    // Bounded, so that a test sees a failure rather than hanging itself.
+    await new Promise<void>((r) => {
+      const t = setTimeout(r, 30_000);
+      req.signal.addEventListener("abort", () => (clearTimeout(t), r()));
+    });
+    return Response.json({ error: { code: 500, message: "fake: hung asleep" } }, { status: 500 });
+  }
+  return Response.json({ error: { code: 500, message: "fake: asleep" } }, { status: 500 });
+}
+
+async function sleepRoute(req: Request, path: string): Promise<Response> {
+  const url = new URL(req.url);
+  switch (`${req.method} ${path}`) {
+    case "POST /sleep": {
+      const level = Number(url.searchParams.get("level") ?? "1");
+      const crash = args.includes("--fake-crash-on-sleep") ||
+        (args.includes("--fake-crash-on-busy-sleep") && inFlight > 0);
+      if (crash) {
+        console.log(`crash on /sleep (${inFlight} in flight)`);
+        setTimeout(() => Deno.exit(1), 50);
+        return new Response(null, { status: 200 });
+      }
+      await pause(sleepMs);
+      weightsOn = false;
+      kvOn = false;
+      if (level === 2) weightsValid = false;
+      console.log(`asleep, level ${level}`);
+      return new Response(null, { status: 200 });
+    }
+    case "POST /wake_up": {
+      const tags = url.searchParams.getAll("tags");
+      await pause(wakeMs);
+      if (tags.length === 0 || tags.includes("weights")) weightsOn = true;
+      if (tags.length === 0 || tags.includes("kv_cache")) kvOn = true;
+      console.log(`wake_up ${tags.join(",") || "all"}: ${asleep() ? "still asleep" : "awake"}`);
+      return new Response(null, { status: 200 });
+    }
+    case "GET /is_sleeping":
+      return Response.json({ is_sleeping: asleep() });
+    case "POST /collective_rpc": {
+      const body = await req.json().catch(() => ({}));
+      if (body.method === "reload_weights" && weightsOn) weightsValid = true;
+      return Response.json({ results: [null] });
+    }
+    case "POST /reset_prefix_cache":
+      return new Response(null, { status: 200 });
+  }
+  return new Response("not found\n", { status: 404 });
+}
 
 // Like a real engine's compile cache: the first start "compiles" into the folder lychd points
 // it to, a later start finds it there (cache=hit), even though its container was removed.
@@ -83,8 +162,10 @@ const TOKEN_MS = 50;
 async function chat(req: Request): Promise<Response> {
   const body = await req.json().catch(() => ({}));
   const base = { id: `chatcmpl-${port}`, model, system_fingerprint: `port=${port}` };
+  // In flight from here until its last token (or its client leaving).
+  inFlight++;
   if (!body.stream) {
-    await new Promise((r) => setTimeout(r, TOKENS * TOKEN_MS));
+    await new Promise((r) => setTimeout(r, TOKENS * TOKEN_MS)).finally(() => inFlight--);
     return Response.json({
       ...base,
       object: "chat.completion",
@@ -99,21 +180,31 @@ async function chat(req: Request): Promise<Response> {
   return new Response(
     new ReadableStream<Uint8Array>({
       async start(c) {
-        for (let i = 0; i < TOKENS; i++) {
-          const chunk = {
-            ...base,
-            object: "chat.completion.chunk",
-            choices: [{ index: 0, delta: { content: "fake " } }],
-          };
-          c.enqueue(e.encode(`data: ${JSON.stringify(chunk)}\n\n`));
-          await new Promise((r) => setTimeout(r, TOKEN_MS));
+        try {
+          await tokens(c);
+        } catch {
+          /* the client left */
+        } finally {
+          inFlight--;
         }
-        c.enqueue(e.encode("data: [DONE]\n\n"));
-        c.close();
       },
     }),
     { headers: { "content-type": "text/event-stream" } },
   );
+
+  async function tokens(c: ReadableStreamDefaultController<Uint8Array>) {
+    for (let i = 0; i < TOKENS; i++) {
+      const chunk = {
+        ...base,
+        object: "chat.completion.chunk",
+        choices: [{ index: 0, delta: { content: "fake " } }],
+      };
+      c.enqueue(e.encode(`data: ${JSON.stringify(chunk)}\n\n`));
+      await new Promise((r) => setTimeout(r, TOKEN_MS));
+    }
+    c.enqueue(e.encode("data: [DONE]\n\n"));
+    c.close();
+  }
 }
 
 console.log(
@@ -122,6 +213,21 @@ console.log(
 Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
   const path = new URL(req.url).pathname;
   const ready = !neverReady && Date.now() - started >= loadMs;
+  const sleepPaths = [
+    "/sleep",
+    "/wake_up",
+    "/is_sleeping",
+    "/collective_rpc",
+    "/reset_prefix_cache",
+  ];
+  if (canSleep && sleepPaths.includes(path)) return sleepRoute(req, path);
+  const generates = path === "/v1/completions" || path === "/v1/chat/completions";
+  if (generates && asleep()) return whileAsleep(req);
+  if (generates && !weightsValid) {
+    return Response.json({ error: { code: 500, message: "fake: weights not reloaded" } }, {
+      status: 500,
+    });
+  }
   switch (path) {
     case "/health":
       return ready ? Response.json({ status: "ok" }) : Response.json({

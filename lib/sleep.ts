@@ -1,0 +1,79 @@
+/**
+ * Putting an engine that sleeps to sleep, and waking it (docs/warm-swaps.md; the routes and their
+ * hazards: docs/engines.md, "Sleep and wake"). Only after the gate has drained it: vLLM aborts
+ * what is in flight (or crashed, #45520), and answers a request sent while it sleeps with a hang.
+ */
+import type { Host } from "./host.ts";
+import { engineUrl, isAsleep } from "./readiness.ts";
+import type { Engine } from "./units/model.ts";
+
+export type SleepResult = { ok: true } | { ok: false; reason: string };
+
+/** How often the engine is asked whether it sleeps (or is awake) after it was told to. */
+const CONFIRM_POLL_MS = 50;
+
+/** Sleep at the engine's level, and confirm with /is_sleeping. */
+export async function putToSleep(
+  host: Host,
+  engine: Engine,
+  timeoutMs: number,
+): Promise<SleepResult> {
+  const level = engine.sleep!.level;
+  const r = await post(host, engine, `/sleep?level=${level}`, {}, timeoutMs);
+  if (r) return { ok: false, reason: `/sleep?level=${level}: ${r}` };
+  return await confirm(host, engine, true, timeoutMs);
+}
+
+/** Wake: the weights back (reloaded from disk at level 2), then the KV cache; confirm. */
+export async function wake(host: Host, engine: Engine, timeoutMs: number): Promise<SleepResult> {
+  const steps: [string, unknown][] = engine.sleep!.level === 1 ? [["/wake_up", {}]] : [
+    ["/wake_up?tags=weights", {}],
+    ["/collective_rpc", { method: "reload_weights" }],
+    ["/wake_up?tags=kv_cache", {}],
+    ["/reset_prefix_cache", {}],
+  ];
+  for (const [path, body] of steps) {
+    const r = await post(host, engine, path, body, timeoutMs);
+    if (r) return { ok: false, reason: `${path}: ${r}` };
+  }
+  return await confirm(host, engine, false, timeoutMs);
+}
+
+/** null when the engine answered 200, else what went wrong. */
+async function post(
+  host: Host,
+  engine: Engine,
+  path: string,
+  body: unknown,
+  timeoutMs: number,
+): Promise<string | null> {
+  const r = await host.httpPostJson(`${engineUrl(engine)}${path}`, body, timeoutMs);
+  if ("error" in r) return r.error;
+  return r.status === 200 ? null : `${r.status} ${r.body.slice(0, 200)}`.trim();
+}
+
+async function confirm(
+  host: Host,
+  engine: Engine,
+  asleep: boolean,
+  timeoutMs: number,
+): Promise<SleepResult> {
+  const until = host.now() + timeoutMs;
+  let last: boolean | null = null;
+  while (true) {
+    last = await isAsleep(host, engine);
+    if (last === asleep) return { ok: true };
+    // Gone (it died on /sleep, vllm #45520): no use waiting for an answer.
+    if (last === null && "error" in await host.httpGet(`${engineUrl(engine)}/health`, 2000)) {
+      return { ok: false, reason: "the engine went away (its port does not answer)" };
+    }
+    if (host.now() >= until) break;
+    await host.sleep(CONFIRM_POLL_MS);
+  }
+  return {
+    ok: false,
+    reason: `/is_sleeping says ${
+      last === null ? "nothing (the engine does not answer)" : `is_sleeping: ${last}`
+    } after ${Math.round(timeoutMs / 1000)} s`,
+  };
+}

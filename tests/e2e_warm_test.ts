@@ -1,0 +1,267 @@
+/**
+ * Warm swaps end to end, under REAL systemd, Quadlet and Podman (docs/warm-swaps.md): two
+ * stand-ins that sleep as vLLM does (tests/e2e/fake_engine.ts: /sleep, /wake_up, /is_sleeping;
+ * a wake takes 0.3 s; a request sent to one asleep hangs, vllm #45268) and one that stops.
+ * 16 clients through 10 warm swaps and 2 cold ones in the same run: not one request fails, none
+ * reaches an engine asleep, at most one engine is awake after every swap, and the longest time
+ * without an answer is reported for both kinds. Then an engine that dies on /sleep: the swap
+ * stops it and goes on cold, and systemd does not bring it back awake.
+ */
+import { EXIT } from "../lib/exit.ts";
+import type { Outcome } from "./e2e/load.ts";
+import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+import {
+  buildFakeEngineImage,
+  buildPrometheusImage,
+  DENO,
+  e2eUnavailable,
+  type Mode,
+  modeOf,
+  openTarget,
+  ROOT,
+  type Target,
+  writeConfig,
+} from "./support/target.ts";
+
+const CLIENTS = 16;
+/** Where each engine answers in the guest (docs/warm-swaps.md: one port each for those that sleep). */
+const PORTS: Record<string, number> = { vllm: 18082, alpha: 18083, sglang: 18081 };
+/** The stand-ins say which container port answered. */
+const BY_PORT: Record<string, string> = {
+  "port=8000": "vllm",
+  "port=8001": "alpha",
+  "port=30000": "sglang",
+};
+
+function config(fake: string, prometheus: string, alphaExtra: string[] = []): string {
+  const words = (a: string[]) => a.map((w) => JSON.stringify(w)).join(", ");
+  return `engines: [vllm, alpha, sglang]
+active: vllm
+gpu: cpu
+harvester:
+  image: ${prometheus}
+  scrape_interval: 1s
+cartridges:
+  vllm:
+    image: ${fake}
+    model: org/vllm-model
+    sleep: 1
+    args: [--fake-load-ms, "2500", --fake-sleep-ms, "100", --fake-wake-ms, "300", --fake-hang-asleep]
+  alpha:
+    image: ${fake}
+    port: 8001
+    model: org/alpha-model
+    sleep: 2
+    sleep_api: vllm
+    warmup: true
+    args: [${
+    words([
+      "org/alpha-model",
+      "--port",
+      "8001",
+      "--fake-load-ms",
+      "2500",
+      "--fake-sleep-ms",
+      "100",
+      "--fake-wake-ms",
+      "150",
+      "--fake-hang-asleep",
+      ...alphaExtra,
+    ])
+  }]
+  sglang:
+    image: ${fake}
+    model: org/sglang-model
+    args: [--fake-load-ms, "2500"]
+`;
+}
+
+function startLoad(target: Target, clients: number) {
+  const stopFile = `/tmp/lychd-load-stop-${crypto.randomUUID().slice(0, 8)}`;
+  const running = target.run([
+    DENO,
+    "run",
+    "--allow-net=127.0.0.1:8081",
+    "--allow-read=/tmp",
+    `${ROOT}/tests/e2e/load.ts`,
+    String(clients),
+    stopFile,
+  ]);
+  return {
+    async stop(): Promise<Outcome[]> {
+      await target.run(["touch", stopFile]);
+      const r = await running;
+      await target.run(["rm", "-f", stopFile]);
+      assertEquals(r.code, 0, r.stderr);
+      return r.stdout.trim().split("\n").filter((l) => l).map((l) => JSON.parse(l));
+    },
+  };
+}
+
+/** Which engines say they are awake (running, and /is_sleeping false, or no sleep at all). */
+async function awake(target: Target): Promise<string[]> {
+  const out: string[] = [];
+  for (const [engine, port] of Object.entries(PORTS)) {
+    const health = await target.run([
+      "curl",
+      "-fsS",
+      "--max-time",
+      "3",
+      `http://127.0.0.1:${port}/health`,
+    ]);
+    if (health.code !== 0) continue;
+    if (engine === "sglang") {
+      out.push(engine);
+      continue;
+    }
+    const r = await target.run([
+      "curl",
+      "-fsS",
+      "--max-time",
+      "3",
+      `http://127.0.0.1:${port}/is_sleeping`,
+    ]);
+    if (r.code === 0 && JSON.parse(r.stdout).is_sleeping === false) out.push(engine);
+  }
+  return out;
+}
+
+/** The longest time within [from, to] in which no request completed. */
+function longestPause(results: Outcome[], from: number, to: number): number {
+  const ends = [from, ...results.map((r) => r.end).filter((e) => e > from && e < to), to]
+    .sort((a, b) => a - b);
+  let longest = 0;
+  for (let i = 1; i < ends.length; i++) longest = Math.max(longest, ends[i] - ends[i - 1]);
+  return longest;
+}
+
+for (const mode of ["system", "user"] as Mode[]) {
+  Deno.test({
+    name: `e2e warm swaps, ${mode} mode: ${CLIENTS} clients through 10 warm swaps and 2 cold ` +
+      "ones, 0 failed, never sent to an engine asleep; a crash on /sleep goes on cold",
+    ignore: e2eUnavailable(mode),
+    sanitizeResources: false,
+    sanitizeOps: false,
+    fn: (t) => warmSwaps(t, mode),
+  });
+}
+
+async function warmSwaps(t: Deno.TestContext, mode: Mode) {
+  const system = mode === "system";
+  const target = await openTarget(mode, system ? ["/var/lib/lychd", "/etc/lychd"] : []);
+  const { flags, scope } = modeOf(target);
+  const lychd = (...args: string[]) => target.lychd(...args);
+  try {
+    const fake = await buildFakeEngineImage(target);
+    const prometheus = await buildPrometheusImage(target);
+    assertEquals((await writeConfig(target, config(fake, prometheus))).code, 0);
+
+    await t.step("init; vllm, then alpha: vllm is put to sleep, not stopped", async () => {
+      const init = await lychd("init", ...flags);
+      assertEquals(init.code, EXIT.OK, init.stdout + init.stderr);
+      const first = await lychd("swap", ...flags, "vllm");
+      assertEquals(first.code, EXIT.OK, first.stdout + first.stderr);
+      const second = await lychd("swap", ...flags, "alpha");
+      assertEquals(second.code, EXIT.OK, second.stdout + second.stderr);
+      assertMatch(second.stdout, /old engine asleep/);
+      assertDeep(await awake(target), ["alpha"]);
+      const status = JSON.parse((await lychd("status", ...flags, "--json")).stdout);
+      const vllm = status.engines.find((e: { name: string }) => e.name === "vllm");
+      assertDeep([status.active, vllm.state, vllm.asleep], ["alpha", "active", 1]);
+      const text = (await lychd("status", ...flags)).stdout;
+      assertMatch(text, /vllm\s+active \(asleep, level 1\)/);
+    });
+
+    await t.step(`${CLIENTS} clients through 10 warm swaps, then 2 cold ones`, async () => {
+      const load = startLoad(target, CLIENTS);
+      await new Promise((r) => setTimeout(r, 1500));
+      const swaps: { to: string; from: number; end: number; warm: boolean; line: string }[] = [];
+      const order = [
+        ...Array.from({ length: 10 }, (_, i) => i % 2 === 0 ? "vllm" : "alpha"),
+        "sglang",
+        "vllm",
+      ];
+      for (const next of order) {
+        const t0 = Date.now();
+        const r = await lychd("swap", ...flags, next);
+        const t1 = Date.now();
+        assertEquals(r.code, EXIT.OK, r.stdout + r.stderr);
+        swaps.push({
+          to: next,
+          from: t0,
+          end: t1,
+          warm: /woken/.test(r.stdout),
+          line: r.stdout.trim().split("\n").at(-1)!,
+        });
+        assertDeep(await awake(target), [next], `awake after the swap to ${next}`);
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      const results = await load.stop();
+      const failed = results.filter((r) => !r.ok);
+      const pauses = swaps.map((s) => ({
+        ...s,
+        pause: longestPause(results, s.from, s.end + 1000),
+      }));
+      const fmt = (ms: number[]) => ms.map((m) => (m / 1000).toFixed(2)).join(" ");
+      const warm = pauses.filter((p) => p.warm);
+      const cold = pauses.filter((p) => !p.warm);
+      console.log(
+        `  ${results.length} requests, ${failed.length} failed; longest pause per swap (s): ` +
+          `warm ${fmt(warm.map((p) => p.pause))}; cold ${fmt(cold.map((p) => p.pause))}`,
+      );
+      for (const p of pauses) console.log(`  -> ${p.to}: ${p.line}`);
+      assertEquals(failed.length, 0, failed.slice(0, 5).map((f) => JSON.stringify(f)).join("\n"));
+      // Swaps 2..10 find their target asleep; the first to vllm too (asleep since the step above).
+      assertEquals(warm.length, 10, pauses.map((p) => `${p.to}: ${p.line}`).join("\n"));
+      assertDeep(cold.map((p) => p.to), ["sglang", "vllm"]);
+      for (const r of results) assert(BY_PORT[r.by], `answered by ${r.by}`);
+      // The gate's metrics tell the kinds apart: the 10 woken, the rest started.
+      const metrics = await target.run(["curl", "-fsS", "http://127.0.0.1:8081/lychd/metrics"]);
+      const swapsOf = (kind: string) =>
+        metrics.stdout.split("\n").filter((l) =>
+          l.startsWith("lychd_gate_swaps_total{") && l.includes(`kind="${kind}"`) &&
+          l.includes('result="ok"')
+        ).reduce((n, l) => n + Number(l.split(" ").at(-1)), 0);
+      assertEquals(swapsOf("warm"), 10, metrics.stdout);
+      assert(swapsOf("cold") >= 2, metrics.stdout);
+      // Never sent to an engine asleep: the stand-ins log every request that arrives so.
+      for (const e of ["vllm", "alpha"]) {
+        const j = await target.run([
+          "journalctl",
+          ...scope,
+          "-u",
+          `soulstone-${e}.service`,
+          "--no-pager",
+        ]);
+        assert(!/request while asleep/.test(j.stdout), `${e} got a request while asleep`);
+      }
+    });
+
+    await t.step("a crash on /sleep: the swap stops it and goes on; it stays stopped", async () => {
+      assertEquals(
+        (await writeConfig(target, config(fake, prometheus, ["--fake-crash-on-sleep"]))).code,
+        0,
+      );
+      const init = await lychd("init", ...flags);
+      assertEquals(init.code, EXIT.OK, init.stdout + init.stderr);
+      const toAlpha = await lychd("swap", ...flags, "alpha");
+      assertEquals(toAlpha.code, EXIT.OK, toAlpha.stdout + toAlpha.stderr);
+      const back = await lychd("swap", ...flags, "vllm");
+      assertEquals(back.code, EXIT.OK, back.stdout + back.stderr);
+      assertMatch(back.stderr + back.stdout, /alpha did not go to sleep/);
+      // Past systemd's RestartSec=10: a restart would bring alpha back awake beside vllm.
+      await new Promise((r) => setTimeout(r, 12_000));
+      const state = await target.run([
+        "systemctl",
+        ...scope,
+        "is-active",
+        "soulstone-alpha.service",
+      ]);
+      // Failed (it did crash), and not restarted: stopping it cancelled systemd's restart.
+      assert(["failed", "inactive"].includes(state.stdout.trim()), state.stdout);
+      assertDeep(await awake(target), ["vllm"]);
+    });
+  } finally {
+    await target.close();
+  }
+}
