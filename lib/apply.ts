@@ -190,7 +190,15 @@ export async function applyChanges(
   for (const c of writes) {
     try {
       await host.mkdirp(c.path.slice(0, c.path.lastIndexOf("/")), 0o755);
+      // A unit whose only change is its [Install] section (the boot engine moved) keeps its
+      // time: a running engine runs what it says, and swap must not think it stale (swap's
+      // startedBefore). Engines asleep run through swaps and inits, so this is every such unit.
+      const keptTime = c.action === "update" &&
+          withoutInstall(c.before) === withoutInstall(c.file!.content)
+        ? await host.modifiedAt(c.path)
+        : null;
       await host.writeFileAtomic(c.path, encoder.encode(c.file!.content), c.file!.mode);
+      if (keptTime !== null) await host.setModifiedAt(c.path, keptTime);
     } catch (e) {
       if (e instanceof Deno.errors.NotCapable) throw e;
       const done = writes.indexOf(c);
@@ -245,4 +253,9 @@ function manifestText(manifest: Manifest): string {
 export async function writeManifest(host: Host, path: string, manifest: Manifest): Promise<void> {
   await host.mkdirp(path.slice(0, path.lastIndexOf("/")), 0o755);
   await host.writeFileAtomic(path, encoder.encode(manifestText(manifest)), 0o600);
+}
+
+/** A unit's text without its [Install] section (and the comments right above it). */
+export function withoutInstall(text: string | null | undefined): string {
+  return (text ?? "").replace(/\n(#[^\n]*\n)*\[Install\][\s\S]*$/, "\n").trimEnd();
 }

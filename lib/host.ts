@@ -52,6 +52,8 @@ export interface Host {
   readLink(path: string): Promise<string | null>;
   /** Bytes under a path (a file, or a folder walked without following links); null if absent. */
   diskUsage(path: string): Promise<number | null>;
+  /** The host's available memory in bytes (MemAvailable in /proc/meminfo); null if unknown. */
+  memAvailable(): Promise<number | null>;
   /** `path` made absolute against the working folder. */
   absolute(path: string): string;
   /** Whether something accepts TCP connections on 127.0.0.1:`port`. */
@@ -272,6 +274,16 @@ export const denoHost: Host = {
       // Not a link: EINVAL.
       if ((e as Error).message.includes("Invalid argument")) return null;
       throw e;
+    }
+  },
+
+  memAvailable() {
+    try {
+      // MemAvailable from /proc/meminfo (Deno reads the file itself: reading it directly would
+      // need every permission).
+      return Promise.resolve(Deno.systemMemoryInfo().available);
+    } catch {
+      return Promise.resolve(null);
     }
   },
 

@@ -88,17 +88,6 @@ export async function installUnits(
   }
   const changed = prepared.changes.filter((c) => ["create", "update", "remove"].includes(c.action));
   if (changed.length === 0) return { changed };
-  // A unit whose only change is its [Install] section (the boot engine moved) keeps its time: a
-  // running engine runs what it says, and the next swap must not think it stale (swap's
-  // startedBefore). Engines asleep run through swaps, so this is every such unit, not the target.
-  const installOnly = new Map<string, number>();
-  for (const c of changed) {
-    if (c.action !== "update" || withoutInstall(c.before) !== withoutInstall(c.file?.content)) {
-      continue;
-    }
-    const at = await host.modifiedAt(c.path);
-    if (at !== null) installOnly.set(c.path, at);
-  }
   await applyChanges(
     prepared.changes,
     prepared.manifest,
@@ -106,14 +95,8 @@ export async function installUnits(
     host,
     prepared.configRecord,
   );
-  for (const [path, at] of installOnly) await host.setModifiedAt(path, at);
   await daemonReload(host, setup.loc);
   return { changed };
-}
-
-/** A unit's text without its [Install] section (and the comments right above it). */
-export function withoutInstall(text: string | null | undefined): string {
-  return (text ?? "").replace(/\n(#[^\n]*\n)*\[Install\][\s\S]*$/, "\n").trimEnd();
 }
 
 /**

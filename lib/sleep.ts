@@ -77,3 +77,36 @@ async function confirm(
     } after ${Math.round(timeoutMs / 1000)} s`,
   };
 }
+
+/** What decides whether the engine swapped away from may sleep, or is stopped instead. */
+export interface SleepRoom {
+  level: 1 | 2;
+  /** Its weights on disk (what level 1 keeps in host RAM); null: not known. */
+  weightsBytes: number | null;
+  /** The host's available memory now; null: not known. */
+  availableBytes: number | null;
+  /** Engines asleep after this swap if it sleeps (itself included). */
+  asleepAfter: number;
+  maxAsleep: number;
+}
+
+/** Level 1 keeps this share of the host's available memory free for everything else. */
+export const RAM_MARGIN = 0.1;
+
+/**
+ * Whether it may sleep: within max_asleep, and at level 1 with its weights fitting in the host's
+ * available memory (less a margin). null: it may; else why it is stopped instead.
+ */
+export function whyNotSleep(room: SleepRoom): string | null {
+  if (room.asleepAfter > room.maxAsleep) {
+    return `at most ${room.maxAsleep} engines may sleep at once (gate.max_asleep), and ` +
+      `${room.asleepAfter - 1} already do`;
+  }
+  if (room.level !== 1 || room.weightsBytes === null || room.availableBytes === null) return null;
+  const usable = room.availableBytes * (1 - RAM_MARGIN);
+  if (room.weightsBytes <= usable) return null;
+  const gib = (n: number) => `${(n / 2 ** 30).toFixed(1)} GiB`;
+  return `its weights (${gib(room.weightsBytes)}) would not fit in the host's available memory ` +
+    `(${gib(room.availableBytes)}, of which lychd leaves ${RAM_MARGIN * 100} % free) at sleep ` +
+    "level 1";
+}

@@ -33,12 +33,17 @@ const BY_PORT: Record<string, string> = {
   "port=30000": "sglang",
 };
 
-function config(fake: string, prometheus: string, alphaExtra: string[] = []): string {
+function config(
+  fake: string,
+  prometheus: string,
+  alphaExtra: string[] = [],
+  gate = "",
+): string {
   const words = (a: string[]) => a.map((w) => JSON.stringify(w)).join(", ");
   return `engines: [vllm, alpha, sglang]
 active: vllm
 gpu: cpu
-harvester:
+${gate}harvester:
   image: ${prometheus}
   scrape_interval: 1s
 cartridges:
@@ -174,7 +179,7 @@ async function warmSwaps(t: Deno.TestContext, mode: Mode) {
 
     await t.step(`${CLIENTS} clients through 10 warm swaps, then 2 cold ones`, async () => {
       const load = startLoad(target, CLIENTS);
-      await new Promise((r) => setTimeout(r, 1500));
+      await new Promise((r) => setTimeout(r, 1000));
       const swaps: { to: string; from: number; end: number; warm: boolean; line: string }[] = [];
       const order = [
         ...Array.from({ length: 10 }, (_, i) => i % 2 === 0 ? "vllm" : "alpha"),
@@ -194,13 +199,13 @@ async function warmSwaps(t: Deno.TestContext, mode: Mode) {
           line: r.stdout.trim().split("\n").at(-1)!,
         });
         assertDeep(await awake(target), [next], `awake after the swap to ${next}`);
-        await new Promise((r) => setTimeout(r, 1000));
+        await new Promise((r) => setTimeout(r, 600));
       }
       const results = await load.stop();
       const failed = results.filter((r) => !r.ok);
       const pauses = swaps.map((s) => ({
         ...s,
-        pause: longestPause(results, s.from, s.end + 1000),
+        pause: longestPause(results, s.from, s.end + 600),
       }));
       const fmt = (ms: number[]) => ms.map((m) => (m / 1000).toFixed(2)).join(" ");
       const warm = pauses.filter((p) => p.warm);
@@ -249,17 +254,57 @@ async function warmSwaps(t: Deno.TestContext, mode: Mode) {
       const back = await lychd("swap", ...flags, "vllm");
       assertEquals(back.code, EXIT.OK, back.stdout + back.stderr);
       assertMatch(back.stderr + back.stdout, /alpha did not go to sleep/);
-      // Past systemd's RestartSec=10: a restart would bring alpha back awake beside vllm.
-      await new Promise((r) => setTimeout(r, 12_000));
+      // Failed (it did crash) or inactive, and no restart pending: systemd restarts only a unit in
+      // SubState auto-restart, and that restart would bring alpha back awake beside vllm.
       const state = await target.run([
+        "systemctl",
+        ...scope,
+        "show",
+        "soulstone-alpha.service",
+        "-p",
+        "ActiveState,SubState",
+      ]);
+      assertMatch(state.stdout, /^ActiveState=(failed|inactive)$/m);
+      assert(!/SubState=auto-restart/.test(state.stdout), state.stdout);
+      assertDeep(await awake(target), ["vllm"]);
+    });
+
+    await t.step("no room to sleep: weights too big for host RAM, then max_asleep: 0", async () => {
+      // vllm's weights as the Hugging Face cache holds them: a sparse 8 TiB file.
+      const cache = system ? "/var/lib/lychd/models" : `${target.home}/.cache/huggingface`;
+      const blobs = `${cache}/hub/models--org--vllm-model/blobs`;
+      const mk = await target.run(["sh", "-c", `mkdir -p ${blobs} && truncate -s 8T ${blobs}/w`]);
+      assertEquals(mk.code, 0, mk.stderr);
+      const toAlpha = await lychd("swap", ...flags, "alpha");
+      assertEquals(toAlpha.code, EXIT.OK, toAlpha.stdout + toAlpha.stderr);
+      assertMatch(
+        toAlpha.stdout + toAlpha.stderr,
+        /vllm is stopped, not put to sleep: its weights \(8192\.0 GiB\) would not fit/,
+      );
+      assertDeep(await awake(target), ["alpha"]);
+      const vllm = await target.run(["systemctl", ...scope, "is-active", "soulstone-vllm.service"]);
+      assertEquals(vllm.stdout.trim(), "inactive");
+      assertEquals((await target.run(["rm", "-rf", `${cache}/hub`])).code, 0);
+
+      const capped = config(fake, prometheus, ["--fake-crash-on-sleep"], "gate: {max_asleep: 0}\n");
+      assertEquals((await writeConfig(target, capped)).code, 0);
+      const init = await lychd("init", ...flags);
+      assertEquals(init.code, EXIT.OK, init.stdout + init.stderr);
+      const toVllm = await lychd("swap", ...flags, "vllm");
+      assertEquals(toVllm.code, EXIT.OK, toVllm.stdout + toVllm.stderr);
+      // Stopped, so it never got the /sleep it would have died of.
+      assertMatch(
+        toVllm.stdout + toVllm.stderr,
+        /alpha is stopped, not put to sleep: at most 0 engines may sleep at once/,
+      );
+      assertDeep(await awake(target), ["vllm"]);
+      const alpha = await target.run([
         "systemctl",
         ...scope,
         "is-active",
         "soulstone-alpha.service",
       ]);
-      // Failed (it did crash), and not restarted: stopping it cancelled systemd's restart.
-      assert(["failed", "inactive"].includes(state.stdout.trim()), state.stdout);
-      assertDeep(await awake(target), ["vllm"]);
+      assertEquals(alpha.stdout.trim(), "inactive");
     });
   } finally {
     await target.close();

@@ -7,7 +7,7 @@
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { denoHost } from "../lib/host.ts";
 import { probe } from "../lib/readiness.ts";
-import { putToSleep, wake } from "../lib/sleep.ts";
+import { putToSleep, wake, whyNotSleep } from "../lib/sleep.ts";
 import type { Engine } from "../lib/units/model.ts";
 import { freePort } from "./support/ports.ts";
 import { waitUntil } from "./support/wait.ts";
@@ -107,4 +107,29 @@ Deno.test("sleep: an engine without the routes (no dev mode) or one that dies on
   } finally {
     await crash.close();
   }
+});
+
+Deno.test("room to sleep: max_asleep, and at level 1 the weights against the host's available memory", () => {
+  const GiB = 2 ** 30;
+  const room = { level: 1 as const, weightsBytes: 15 * GiB, availableBytes: 20 * GiB };
+  assertEquals(whyNotSleep({ ...room, asleepAfter: 2, maxAsleep: 2 }), null);
+  assertMatch(
+    whyNotSleep({ ...room, asleepAfter: 3, maxAsleep: 2 })!,
+    /^at most 2 engines may sleep at once \(gate\.max_asleep\), and 2 already do$/,
+  );
+  assertMatch(whyNotSleep({ ...room, asleepAfter: 1, maxAsleep: 0 })!, /at most 0 engines/);
+  // 18 GiB usable of 20 (a tenth left free): 18 fits, 18.5 does not.
+  assertEquals(
+    whyNotSleep({ ...room, weightsBytes: 18 * GiB, asleepAfter: 1, maxAsleep: 2 }),
+    null,
+  );
+  assertMatch(
+    whyNotSleep({ ...room, weightsBytes: 18.5 * GiB, asleepAfter: 1, maxAsleep: 2 })!,
+    /^its weights \(18\.5 GiB\) would not fit in the host's available memory \(20\.0 GiB, of which lychd leaves 10 % free\) at sleep level 1$/,
+  );
+  // Level 2 drops the weights; unknown sizes are not guessed at.
+  const big = { weightsBytes: 99 * GiB, availableBytes: 20 * GiB, asleepAfter: 1, maxAsleep: 2 };
+  assertEquals(whyNotSleep({ ...big, level: 2 }), null);
+  assertEquals(whyNotSleep({ ...big, level: 1, weightsBytes: null }), null);
+  assertEquals(whyNotSleep({ ...big, level: 1, availableBytes: null }), null);
 });

@@ -67,6 +67,11 @@ Deno.test("sleep: refused with its key where lychd cannot sleep the engine or ro
     problems("engines: [vllm]\ngate: {engine_port: 8080}\ncartridges: {vllm: {sleep: 1}}\n"),
     /gate\.engine_port: 8080: the 1 engines that sleep take the ports after it, up to 8081, which includes 8081/,
   );
+  assertMatch(
+    problems("engines: [vllm]\ngate: {max_asleep: -1}\n"),
+    /gate\.max_asleep: -1 is not a number of engines asleep \(0-64\)/,
+  );
+  assertEquals(resolveConfig(null, FILE, []).config.gate.maxAsleep, 2);
   // sleep: false is today's engine, as is no key at all.
   const { config } = resolveConfig(
     "engines: [vllm]\ncartridges: {vllm: {sleep: false}}\n",

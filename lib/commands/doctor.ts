@@ -391,9 +391,17 @@ async function checkPorts(
 ): Promise<Check[]> {
   const soulstones = engines.map((e) => soulstoneService(e.name));
   const owners: [number, string[]][] = [];
-  // Behind the gate, 8081 is the gate's and the engines answer on their own port.
-  if (gate.enabled) owners.push([STANDARD_PORT, [GATE_SERVICE]], [gate.enginePort, soulstones]);
-  else owners.push([STANDARD_PORT, soulstones]);
+  // Behind the gate, 8081 is the gate's and the engines answer on their own port (those that
+  // sleep each on one of their own: docs/warm-swaps.md).
+  if (gate.enabled) {
+    owners.push([STANDARD_PORT, [GATE_SERVICE]]);
+    for (const port of new Set(engines.map((e) => e.hostPort))) {
+      owners.push([
+        port,
+        engines.filter((e) => e.hostPort === port).map((e) => soulstoneService(e.name)),
+      ]);
+    }
+  } else owners.push([STANDARD_PORT, soulstones]);
   owners.push([PROMETHEUS_PORT, ["harvester.service"]], [GRAFANA_PORT, ["scribe.service"]]);
   const units = owners.flatMap(([, u]) => u);
   const states: Record<string, UnitProps> = await showUnits(

@@ -7,15 +7,16 @@
  *   wait: health path 200, then /v1/models lists the model -> report the phases.
  *   On a failed unit or a timeout: journal tail, then roll back the same way.
  */
-import { loadConfig } from "../config/load.ts";
+import { loadConfig, resolveConfig } from "../config/load.ts";
 import type { ConfigOptions } from "../config/types.ts";
 import { LychdError } from "../errors.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
-import { imageExists } from "../images.ts";
-import { installUnits, withLock, withoutInstall } from "../install.ts";
+import { imageExists, modelLocation } from "../images.ts";
+import { installUnits, withLock } from "../install.ts";
+import { withoutInstall } from "../apply.ts";
 import { BASE_URL, engineUrl, isAsleep, type Probe, probe, warmUp } from "../readiness.ts";
-import { putToSleep, wake } from "../sleep.ts";
+import { putToSleep, wake, whyNotSleep } from "../sleep.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import {
   journalTail,
@@ -125,7 +126,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   // edited) or changed after it started (through init), a running target must be restarted, or
   // it keeps serving with its old settings. Moving [Install] (the boot engine) needs no restart.
   const writtenBefore = await startedBefore(host, unitFile, states[soulstoneService(target.name)]);
-  // (installUnits keeps the time of a unit whose only change is [Install].)
+  // (applyChanges keeps the time of a unit whose only change is [Install].)
   const { changed } = await installUnits(
     host,
     setup,
@@ -534,7 +535,16 @@ async function switchTo(
       : `${asleep ? "waking" : "starting"} ${engine.name}`,
   );
   const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
-  const gpuCheck = checkGpu && engine.gpu.vendor === "nvidia";
+  const beside = await runningBeside(host, setup, text, engine);
+  // nvidia-smi lists an engine asleep too (it keeps its CUDA context), and the check wants no
+  // process on the GPU at all: with engines that sleep running beside one that sleeps, it is
+  // /is_sleeping that says the memory was given back.
+  const sleepersBeside = engine.sleep !== null && beside.some((e) => e.engine.sleep !== null);
+  const nvidia = checkGpu && engine.gpu.vendor === "nvidia";
+  const gpuCheck = nvidia && !sleepersBeside && !asleep;
+  if (nvidia && !gpuCheck) {
+    progress.note("GPU memory not checked with engines asleep (nvidia-smi lists them too)");
+  }
   if (checkGpu && engine.gpu.vendor === "amd") {
     // No captured output of the ROCm tools to build a parser on: say so rather than guess.
     progress.note("GPU memory not checked: lychd checks it on NVIDIA GPUs only");
@@ -543,7 +553,18 @@ async function switchTo(
   const warmPhases: Record<string, number> = {};
   let wokeAt: number | null = null;
   try {
-    if (warm) {
+    // An engine asleep whose unit changed since it started may have moved port: what answers on
+    // its new port may be another engine. It serves nothing; it is stopped, not woken later.
+    const stale = beside.filter((b) => b.stale && b.engine.name !== previous?.name);
+    if (stale.length > 0) {
+      progress.note(`stopping ${stale.map((b) => b.engine.name).join(", ")} (unit changed)`);
+      await systemctl(host, scope, "stop", ...stale.map((b) => soulstoneService(b.engine.name)));
+    }
+    const noRoom = warm ? await whyNoRoomToSleep(host, setup, text, previous!, beside) : null;
+    if (noRoom) {
+      progress.note(`${previous!.name} is stopped, not put to sleep: ${noRoom}`);
+      await systemctl(host, scope, "stop", soulstoneService(previous!.name));
+    } else if (warm) {
       const t = host.now();
       const slept = await putToSleep(host, previous!, previous!.settings.stopTimeoutSec * 1000);
       if (slept.ok) {
@@ -557,11 +578,12 @@ async function switchTo(
     } else if (stopping && !options.inGate) {
       await stopWithConfiguredTimeout(host, stopping, progress);
     }
-    const stoppedFirst = gpuCheck && stopping !== null;
     if (gpuCheck) {
-      // The GPU memory check goes between the stop and the start, so the old engine is stopped
-      // on its own first (a start alone would stop it through Conflicts=, with no gap).
-      if (stopping) await systemctl(host, scope, "stop", soulstoneService(stopping.name));
+      // The GPU memory check goes between the stop and the start, so the old engines are stopped
+      // on their own first (a start alone would stop them through Conflicts=, with no gap).
+      const units = [...(stopping ? [stopping] : []), ...beside.map((b) => b.engine)]
+        .map((e) => soulstoneService(e.name));
+      if (units.length > 0) await systemctl(host, scope, "stop", ...new Set(units));
       const memory = await gpuMemoryFor(host, engine, progress);
       if (memory) {
         progress.done();
@@ -581,7 +603,8 @@ async function switchTo(
     }
     if (!woken) {
       // Returns once the container runs; Conflicts= has stopped the previous engine before that.
-      const verb = !stoppedFirst && (restart || asleep) ? "restart" : "start";
+      // A target asleep that would not wake runs: restart it. One the GPU check stopped: start.
+      const verb = asleep || (restart && !gpuCheck) ? "restart" : "start";
       await systemctl(host, scope, verb, service);
     }
   } catch (e) {
@@ -728,6 +751,66 @@ async function switchTo(
       ...(warmMs === null ? {} : { warmup: warmMs / 1000 }),
     },
   };
+}
+
+/** The engines that run beside `target` now, and whether each one's unit changed since it started. */
+async function runningBeside(
+  host: Host,
+  setup: Setup,
+  text: string,
+  target: Engine,
+): Promise<{ engine: Engine; stale: boolean }[]> {
+  const { config } = resolveConfig(text, setup.configPath, []);
+  const others = resolveEngines(config).filter((e) => e.name !== target.name);
+  const states = await showUnits(
+    host,
+    setup.loc.systemctlScope,
+    others.map((e) => soulstoneService(e.name)),
+    ["ActiveState", "ActiveEnterTimestamp"],
+  );
+  const out: { engine: Engine; stale: boolean }[] = [];
+  for (const e of others) {
+    const props = states[soulstoneService(e.name)];
+    if (!RUNNING.includes(props?.ActiveState)) continue;
+    const unitFile = `${setup.loc.quadletDir}/soulstone-${e.name}.container`;
+    out.push({ engine: e, stale: await startedBefore(host, unitFile, props) });
+  }
+  return out;
+}
+
+/**
+ * Whether `previous` may sleep as the swap leaves it (null), or why it is stopped instead: its
+ * unit changed since it started (its port may have moved), gate.max_asleep, and at level 1 its
+ * weights against the host's available memory.
+ */
+async function whyNoRoomToSleep(
+  host: Host,
+  setup: Setup,
+  text: string,
+  previous: Engine,
+  beside: { engine: Engine; stale: boolean }[],
+): Promise<string | null> {
+  if (beside.find((b) => b.engine.name === previous.name)?.stale) {
+    return "its unit changed since it started (its port may have moved)";
+  }
+  const { config } = resolveConfig(text, setup.configPath, []);
+  let asleepNow = 0;
+  for (const b of beside) {
+    if (b.stale || !b.engine.sleep || b.engine.name === previous.name) continue;
+    if ((await isAsleep(host, b.engine)) === true) asleepNow++;
+  }
+  const where = previous.model === null ? null : modelLocation(
+    config.modelCache ?? setup.loc.modelCache,
+    previous.model,
+    previous.cartridge?.download(previous.model) != null,
+  );
+  return whyNotSleep({
+    level: previous.sleep!.level,
+    weightsBytes: where === null ? null : await host.diskUsage(where).catch(() => null),
+    availableBytes: await host.memAvailable(),
+    asleepAfter: asleepNow + 1,
+    maxAsleep: config.gate.maxAsleep,
+  });
 }
 
 /**

@@ -83,4 +83,6 @@ export interface GateSettings {
   onDemand: boolean;
   /** An engine that became active stays at least this long while requests for it keep coming. */
   minResidencySec: number;
+  /** At most this many engines asleep at once (docs/warm-swaps.md); beyond, a swap stops. */
+  maxAsleep: number;
 }

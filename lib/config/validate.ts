@@ -71,6 +71,7 @@ const GATE_KEYS = [
   "drain_timeout",
   "on_demand",
   "min_residency",
+  "max_asleep",
 ] as const;
 
 /** Whether lychd.yaml without a gate key gets the gate (docs/gate.md). */
@@ -86,6 +87,7 @@ export const DEFAULT_GATE: GateSettings = {
   drainTimeoutSec: 30,
   onDemand: false,
   minResidencySec: 60,
+  maxAsleep: 2,
 };
 /** Ports lychd's other listeners hold: the gate, the harvester, the scribe. */
 const TAKEN_PORTS = [8081, 9090, 3000];
@@ -285,6 +287,13 @@ class Validator {
       drainTimeoutSec: opt("drain_timeout", (v, p) => this.duration(v, p)) ?? d.drainTimeoutSec,
       onDemand: opt("on_demand", (v, p) => this.boolean(v, p)) ?? d.onDemand,
       minResidencySec: opt("min_residency", (v, p) => this.duration(v, p)) ?? d.minResidencySec,
+      maxAsleep: opt(
+        "max_asleep",
+        (v, p) =>
+          typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 64
+            ? v
+            : this.fail(p, `${JSON.stringify(v)} is not a number of engines asleep (0-64)`),
+      ) ?? d.maxAsleep,
     };
   }
 

@@ -2,12 +2,15 @@
  * The gate's listening socket, kept open through accept errors. Deno.serve stops listening for
  * good when accept() fails (EMFILE: out of file descriptors, under a flood of connections): its
  * `finished` rejects and the process lives on, deaf, until someone restarts it. The gate listens
- * again instead, at once and then after a pause that grows while the error lasts; meanwhile new
+ * again instead: at once after a listener that served 10 s, else after a pause that grows from
+ * 50 ms to 2 s while the error lasts; meanwhile new
  * clients are refused (which they can retry) and the requests already accepted go on.
  */
 
 /** The longest pause between two attempts to listen again. */
 export const RELISTEN_MAX_MS = 2000;
+/** Listeners kept to be shut down with the gate: the live one and the last that stopped. */
+const KEEP_SERVERS = 8;
 /** A listener that served this long without an error starts the pauses from zero again. */
 const RELISTEN_RESET_MS = 10_000;
 
@@ -54,6 +57,8 @@ export function keepListening(
         try {
           server = open();
           servers.push(server);
+          // A gate flooded again and again keeps the newest few (their requests are long done).
+          if (servers.length > KEEP_SERVERS) servers.shift();
           openedAt = clock.now();
           relistens++;
           break;

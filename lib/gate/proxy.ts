@@ -104,12 +104,41 @@ export function endToEndHeaders(headers: Headers): Headers {
 }
 
 /** An error the way OpenAI's API (and so every client library) expects one. */
+/**
+ * Routes that control an engine rather than ask it something: vLLM's development-mode routes
+ * (on for an engine that sleeps: docs/warm-swaps.md) and SGLang's memory release. A client that
+ * put the awake engine to sleep would leave the gate sending requests into a hang (vllm #45268).
+ */
+const ENGINE_CONTROL = new Set([
+  "/sleep",
+  "/wake_up",
+  "/is_sleeping",
+  "/collective_rpc",
+  "/reset_prefix_cache",
+  "/reset_mm_cache",
+  "/server_info",
+  "/scale_elastic_ep",
+  "/is_scaling_elastic_ep",
+  "/release_memory_occupation",
+  "/resume_memory_occupation",
+]);
+
+/** As the engine's server would route it: percent-decoded, slashes collapsed, none at the end. */
+export function isEngineControl(pathname: string): boolean {
+  let path = pathname;
+  try {
+    path = decodeURIComponent(pathname);
+  } catch { /* malformed: matched as it is */ }
+  path = path.replace(/\/+/g, "/").replace(/\/$/, "");
+  return ENGINE_CONTROL.has(path);
+}
+
 export function openAiError(status: number, message: string, retryAfterSec?: number): Response {
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (retryAfterSec !== undefined) headers["retry-after"] = String(retryAfterSec);
   const type = status === 503
     ? "service_unavailable"
-    : status === 401 || status === 400
+    : status === 401 || status === 400 || status === 403
     ? "invalid_request_error"
     : "server_error";
   return new Response(
@@ -523,6 +552,14 @@ export class Gate {
   async handle(req: Request, at: Forwarding = {}): Promise<Response> {
     const { completed, client } = at;
     let wants = at.wants ?? null;
+    if (isEngineControl(new URL(req.url).pathname)) {
+      return this.answerOwn(this.#refusal(
+        "bad_request",
+        403,
+        "lychd: the engines' control routes (sleep, wake, collective_rpc, ...) are not served on " +
+          "8081: lychd alone puts engines to sleep and wakes them",
+      ));
+    }
     if (req.headers.get("upgrade")) {
       return this.answerOwn(this.#refusal(
         "bad_request",

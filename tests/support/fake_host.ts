@@ -105,6 +105,12 @@ export class FakeHost implements Host {
     return Promise.resolve(this.files.get(path)?.mode ?? null);
   }
 
+  /** MemAvailable in bytes; null: unknown. */
+  available: number | null = 64 * 2 ** 30;
+  memAvailable() {
+    return Promise.resolve(this.available);
+  }
+
   diskUsage(path: string) {
     const prefix = `${path}/`;
     const sizes = [...this.files.entries()].filter(([p]) => p === path || p.startsWith(prefix))

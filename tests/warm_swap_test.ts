@@ -1,0 +1,209 @@
+/**
+ * The warm swap's decisions on the fake systemd (docs/warm-swaps.md), with vLLM's sleep routes
+ * answered per engine port: the one awake is put to sleep and the target woken; on NVIDIA the GPU
+ * check (which wants no process on the GPU) is not run while engines asleep hold their CUDA
+ * context, and a cold target stops every engine before it; a sleep and a wake that both fail end
+ * in a restart of the target, not a wait for the start timeout. Some of these cases were found by
+ * a review of the first version (a warm swap on NVIDIA rolled back every time; a wake that failed
+ * after a failed sleep waited 900 s).
+ */
+import { swap, swapDefaults } from "../lib/commands/swap.ts";
+import { status } from "../lib/commands/status.ts";
+import { init } from "../lib/commands/init.ts";
+import { EXIT } from "../lib/exit.ts";
+import type { HttpResult, RunResult } from "../lib/host.ts";
+import { FakeSystemd } from "./support/fake_systemd.ts";
+import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
+
+const SETUP = { system: false, configPath: null, overrides: [] };
+const PORT: Record<number, string> = { 18082: "vllm", 18083: "alpha", 18081: "llama" };
+const ENGINES = ["vllm", "alpha", "llama"];
+
+interface Options {
+  failSleep?: boolean;
+  failWake?: boolean;
+  gpu?: string;
+  /** nvidia-smi lists a process for every engine that runs (asleep or not). */
+  smi?: boolean;
+}
+
+async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
+  const fs = new FakeSystemd(
+    Object.fromEntries(ENGINES.map((e) => [e, { model: `org/${e}`, readyMs: 500, gpu: o.gpu }])),
+    {},
+    null,
+  );
+  const flag = (path: string[], value: unknown) => ({ path, value, flag: "test" });
+  const overrides = [
+    flag(["engines"], ENGINES),
+    flag(["active"], awake),
+    flag(["cartridges", "vllm", "model"], "org/vllm"),
+    flag(["cartridges", "vllm", "sleep"], 1),
+    flag(["cartridges", "alpha", "image"], "docker.io/vllm/vllm-openai:v0.33.0"),
+    flag(["cartridges", "alpha", "port"], 8000),
+    flag(["cartridges", "alpha", "model"], "org/alpha"),
+    flag(["cartridges", "alpha", "sleep"], 1),
+    flag(["cartridges", "alpha", "sleep_api"], "vllm"),
+    flag(["cartridges", "alpha", "args"], ["org/alpha"]),
+    flag(["cartridges", "llama", "model"], "org/llama"),
+    ...(o.gpu ? ENGINES.map((e) => flag(["cartridges", e, "gpu"], o.gpu)) : []),
+  ];
+  const code = await init(fs.host, {
+    config: { ...SETUP, overrides },
+    dryRun: false,
+    force: false,
+    reload: true,
+  });
+  assertEquals(code, 0, fs.host.stderr);
+  const asleep = new Set<string>(asleepToo);
+  for (const e of [awake, ...asleepToo]) fs.activate(`soulstone-${e}.service`);
+  const running = (e: string) => fs.state(`soulstone-${e}.service`).state === "active";
+  fs.extraPrograms = (program): RunResult | null => {
+    if (program !== "nvidia-smi" || !o.smi) return null;
+    const apps = ENGINES.filter(running).map((e, i) => `${4000 + i}, python3, 612 MiB`);
+    return {
+      code: 0,
+      stdout: `pid, process_name, used_gpu_memory [MiB]\n${apps.join("\n")}\n`,
+      stderr: "",
+    };
+  };
+  const stop = fs.stop.bind(fs);
+  fs.stop = (name: string) => {
+    asleep.delete(name.replace(/^soulstone-|\.service$/g, ""));
+    return stop(name);
+  };
+  // Every engine on its own port (the fake's own http serves one engine port): healthy as soon
+  // as it runs, its model listed, and vLLM's sleep routes for the two that sleep.
+  fs.http = (url: string): HttpResult => {
+    const u = new URL(url);
+    const name = PORT[Number(u.port)];
+    if (!name || !running(name)) return { error: "refused" };
+    switch (u.pathname) {
+      case "/is_sleeping":
+        return name === "llama"
+          ? { status: 404, body: "" }
+          : { status: 200, body: JSON.stringify({ is_sleeping: asleep.has(name) }) };
+      case "/sleep":
+        if (o.failSleep) return { status: 500, body: "boom" };
+        asleep.add(name);
+        return { status: 200, body: "" };
+      case "/wake_up":
+        if (o.failWake) return { status: 500, body: "boom" };
+        asleep.delete(name);
+        return { status: 200, body: "" };
+      case "/v1/models":
+        return { status: 200, body: JSON.stringify({ data: [{ id: `org/${name}` }] }) };
+      case "/v1/completions":
+      case "/v1/chat/completions":
+        // vllm #45268: a request while asleep hangs.
+        return asleep.has(name)
+          ? { error: "timeout (sent to an engine asleep)" }
+          : { status: 200, body: '{"choices":[{"text":" there","index":0}]}' };
+    }
+    return { status: 200, body: '{"status":"ok"}' };
+  };
+  fs.host.calls = [];
+  fs.host.stdout = "";
+  fs.host.stderr = "";
+  return { fs, asleep, running };
+}
+
+const units = (calls: string[]) =>
+  calls.filter((c) => /^systemctl .*(start|stop|restart) soulstone/.test(c))
+    .map((c) => c.replace(/^systemctl (--user )?/, ""));
+
+Deno.test("warm swap: the engine awake goes to sleep, the one asleep wakes; nothing starts or stops", async () => {
+  const { fs, asleep, running } = await warmHost("vllm", ["alpha"], { gpu: "cpu" });
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertDeep([...asleep], ["vllm"]);
+  assertDeep(ENGINES.filter(running), ["vllm", "alpha"]);
+  assertDeep(units(fs.host.calls), []);
+  assertMatch(fs.host.stdout, /alpha ready in .*old engine asleep .*woken/);
+});
+
+Deno.test("warm swap on NVIDIA: engines asleep stay listed by nvidia-smi; the swap does not roll back", async () => {
+  const { fs, asleep } = await warmHost("vllm", ["alpha"], { smi: true });
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertDeep([...asleep], ["vllm"]);
+  assertMatch(fs.host.stderr, /GPU memory not checked with engines asleep/);
+});
+
+Deno.test("cold swap on NVIDIA beside engines asleep: every engine stops before the GPU check", async () => {
+  const { fs, running } = await warmHost("vllm", ["alpha"], { smi: true });
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "llama")), EXIT.OK, fs.host.stderr);
+  assertDeep(ENGINES.filter(running), ["llama"]);
+  const calls = units(fs.host.calls);
+  const checked = fs.host.calls.findIndex((c) => c.startsWith("nvidia-smi"));
+  assert(checked > 0, fs.host.calls.join("\n"));
+  assertDeep(calls.slice(0, 1), ["stop soulstone-vllm.service soulstone-alpha.service"]);
+});
+
+Deno.test("warm swap: a sleep and a wake that both fail end in a stop and a restart, not the start timeout", async () => {
+  // NVIDIA without nvidia-smi answering: the first version stopped vllm for the GPU check, then
+  // sent alpha (asleep, active) a `start`, which does nothing, and waited 900 s.
+  const { fs, running } = await warmHost("vllm", ["alpha"], { failSleep: true, failWake: true });
+  const t0 = fs.host.clock;
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assert(fs.host.clock - t0 < 60_000, `took ${(fs.host.clock - t0) / 1000} s`);
+  assertDeep(units(fs.host.calls), [
+    "stop soulstone-vllm.service",
+    "restart soulstone-alpha.service",
+  ]);
+  assertDeep(ENGINES.filter(running), ["alpha"]);
+  assertMatch(fs.host.stderr, /vllm did not go to sleep .*: stopping it/);
+  assertMatch(fs.host.stderr, /alpha did not wake .*: restarting it/);
+});
+
+Deno.test("status: the active engine is the one awake; one asleep says so", async () => {
+  const { fs } = await warmHost("vllm", ["alpha"], { gpu: "cpu" });
+  await status(fs.host, { config: SETUP, json: false });
+  assertMatch(fs.host.stdout, /alpha\s+active \(asleep, level 1\)/);
+  fs.host.stdout = "";
+  await status(fs.host, { config: SETUP, json: true });
+  const report = JSON.parse(fs.host.stdout);
+  assertEquals(report.active, "vllm");
+  assertDeep(report.engines.map((e: { asleep: number | null }) => e.asleep), [null, 1, null]);
+});
+
+Deno.test("the gate refuses the engines' control routes (403), from any client; others go through", async () => {
+  const { Gate } = await import("../lib/gate/proxy.ts");
+  const seen: string[] = [];
+  const engine = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (r) => {
+    seen.push(new URL(r.url).pathname);
+    return Response.json({ ok: true });
+  });
+  const gate = new Gate(`http://127.0.0.1:${engine.addr.port}`, {
+    holdTimeoutMs: 1000,
+    maxHeld: 4,
+  });
+  try {
+    const paths = [
+      "/sleep?level=1",
+      "/wake_up",
+      "/collective_rpc",
+      "/%73leep",
+      "//sleep/",
+      "/is_sleeping",
+    ];
+    for (const path of paths) {
+      for (const client of ["127.0.0.1", "203.0.113.9"]) {
+        const r = await gate.handle(
+          new Request(`http://lychd${path}`, {
+            method: "POST",
+            body: '{"method":"reload_weights"}',
+          }),
+          { client },
+        );
+        assertEquals(r.status, 403, `${path} from ${client}`);
+        assertEquals((await r.json()).error.type, "invalid_request_error");
+      }
+    }
+    const ok = await gate.handle(new Request("http://lychd/v1/models"), { client: "127.0.0.1" });
+    assertEquals(ok.status, 200);
+    await ok.body?.cancel();
+    assertDeep(seen, ["/v1/models"]);
+  } finally {
+    gate.dispose();
+    await engine.shutdown();
+  }
+});
