@@ -60,7 +60,7 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
   const running = (e: string) => fs.state(`soulstone-${e}.service`).state === "active";
   fs.extraPrograms = (program): RunResult | null => {
     if (program !== "nvidia-smi" || !o.smi) return null;
-    const apps = ENGINES.filter(running).map((e, i) => `${4000 + i}, python3, 612 MiB`);
+    const apps = ENGINES.filter(running).map((_e, i) => `${4000 + i}, python3, 612 MiB`);
     return {
       code: 0,
       stdout: `pid, process_name, used_gpu_memory [MiB]\n${apps.join("\n")}\n`,
