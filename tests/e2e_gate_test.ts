@@ -398,8 +398,12 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
         await sleep(2000);
         let results = await load.stop();
         judge("llama's container killed", results, ["llama"], (f) =>
-          // In flight when it died: a 502 that says so, or a stream that ends short.
-          f.start <= killDoneAt && (says(f, "engine_lost") || f.status === 0)
+          // In flight when it died: a 502 that says so, or a stream that ends short. In user mode
+          // Podman's rootlessport still accepts connections for a moment after the container died
+          // and then resets them: a request sent then looks to the gate like one cut off (seen
+          // once, 49 ms after podman kill returned), so the 502 is allowed for 1 s after it.
+          (f.start <= killDoneAt && (says(f, "engine_lost") || f.status === 0)) ||
+            (f.start <= killDoneAt + 1000 && says(f, "engine_lost"))
             ? "cut off in flight"
             : null);
         // Held, not failed, while it restarted and loaded: no client saw "Loading model".
