@@ -16,7 +16,6 @@ import {
   buildFakeEngineImage,
   buildLlamaImage,
   buildPrometheusImage,
-  DENO,
   e2eUnavailable,
   LLAMA_DIR,
   LLAMA_IMAGE,
@@ -24,7 +23,7 @@ import {
   type Mode,
   modeOf,
   openTarget,
-  ROOT,
+  startLoad,
   type Target,
   writeConfig,
 } from "./support/target.ts";
@@ -62,36 +61,6 @@ cartridges:
     start_timeout: 6s
     args: [--port, "9000", --fake-never-ready]
 `;
-}
-
-/** The load generator, started in the target and left running until stop() is called. */
-function startLoad(
-  target: Target,
-  clients: number,
-  models: string[] = [],
-  extra: string[] = [],
-) {
-  const stopFile = `/tmp/lychd-load-stop-${crypto.randomUUID().slice(0, 8)}`;
-  const running = target.run([
-    DENO,
-    "run",
-    "--allow-net=127.0.0.1:8081",
-    "--allow-read=/tmp",
-    `${ROOT}/tests/e2e/load.ts`,
-    String(clients),
-    stopFile,
-    ...models.flatMap((m) => ["--model", m]),
-    ...extra,
-  ]);
-  return {
-    async stop(): Promise<Outcome[]> {
-      await target.run(["touch", stopFile]);
-      const r = await running;
-      await target.run(["rm", "-f", stopFile]);
-      assertEquals(r.code, 0, r.stderr);
-      return r.stdout.trim().split("\n").filter((l) => l).map((l) => JSON.parse(l));
-    },
-  };
 }
 
 function engineOf(o: Outcome): string {

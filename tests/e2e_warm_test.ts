@@ -13,12 +13,11 @@ import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.
 import {
   buildFakeEngineImage,
   buildPrometheusImage,
-  DENO,
   e2eUnavailable,
   type Mode,
   modeOf,
   openTarget,
-  ROOT,
+  startLoad,
   type Target,
   writeConfig,
 } from "./support/target.ts";
@@ -79,28 +78,6 @@ cartridges:
     model: org/sglang-model
     args: [--fake-load-ms, "2500"]
 `;
-}
-
-function startLoad(target: Target, clients: number) {
-  const stopFile = `/tmp/lychd-load-stop-${crypto.randomUUID().slice(0, 8)}`;
-  const running = target.run([
-    DENO,
-    "run",
-    "--allow-net=127.0.0.1:8081",
-    "--allow-read=/tmp",
-    `${ROOT}/tests/e2e/load.ts`,
-    String(clients),
-    stopFile,
-  ]);
-  return {
-    async stop(): Promise<Outcome[]> {
-      await target.run(["touch", stopFile]);
-      const r = await running;
-      await target.run(["rm", "-f", stopFile]);
-      assertEquals(r.code, 0, r.stderr);
-      return r.stdout.trim().split("\n").filter((l) => l).map((l) => JSON.parse(l));
-    },
-  };
 }
 
 /** Which engines say they are awake (running, and /is_sleeping false, or no sleep at all). */

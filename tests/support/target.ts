@@ -15,6 +15,8 @@
  * is a failure unless LYCHD_NO_E2E=1 says the CI deliberately runs no end-to-end tests.
  */
 import { IN_CI } from "./tools.ts";
+import { assertEquals } from "./assert.ts";
+import type { Outcome } from "../e2e/load.ts";
 
 export const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 export const SDSANDBOX = Deno.env.get("SDSANDBOX") ?? `${ROOT}/../shared/sandbox/sdsandbox`;
@@ -431,4 +433,34 @@ export function writeConfig(target: Target, text: string): Promise<Run> {
     ["sh", "-c", 'mkdir -p "$(dirname "$0")" && cat > "$0"', modeOf(target).config],
     text,
   );
+}
+
+/** The load generator, started in the target and left running until stop() is called. */
+export function startLoad(
+  target: Target,
+  clients: number,
+  models: string[] = [],
+  extra: string[] = [],
+) {
+  const stopFile = `/tmp/lychd-load-stop-${crypto.randomUUID().slice(0, 8)}`;
+  const running = target.run([
+    DENO,
+    "run",
+    "--allow-net=127.0.0.1:8081",
+    "--allow-read=/tmp",
+    `${ROOT}/tests/e2e/load.ts`,
+    String(clients),
+    stopFile,
+    ...models.flatMap((m) => ["--model", m]),
+    ...extra,
+  ]);
+  return {
+    async stop(): Promise<Outcome[]> {
+      await target.run(["touch", stopFile]);
+      const r = await running;
+      await target.run(["rm", "-f", stopFile]);
+      assertEquals(r.code, 0, r.stderr);
+      return r.stdout.trim().split("\n").filter((l) => l).map((l) => JSON.parse(l) as Outcome);
+    },
+  };
 }
