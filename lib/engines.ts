@@ -8,6 +8,14 @@ export type GpuVendor = "nvidia" | "amd" | "cpu";
 /** vLLM's /sleep, /wake_up and /is_sleeping (docs/engines.md, "Sleep and wake"). */
 export type SleepApi = "vllm";
 
+/**
+ * What an engine that sleeps is started with: vLLM offers /sleep only with --enable-sleep-mode,
+ * and the routes exist only in its development mode (docs/engines.md, "Sleep and wake").
+ */
+export const SLEEP_FLAGS: Record<SleepApi, { args: string[]; env: Record<string, string> }> = {
+  vllm: { args: ["--enable-sleep-mode"], env: { VLLM_SERVER_DEV_MODE: "1" } },
+};
+
 /** Which metric names an engine exports; the harvester's rules map each dialect to `lychd:`. */
 export type MetricsDialect = "vllm" | "sglang" | "llamacpp";
 

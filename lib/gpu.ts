@@ -106,3 +106,56 @@ export function describeHolders(holders: GpuProcess[]): string {
     }${p.gpu ? ` on ${p.gpu}` : ""}`
   ).join("; ");
 }
+
+/**
+ * MiB in use on `engine`'s NVIDIA GPUs (every GPU when it names none), or why not known. Read
+ * from `nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits` ("0, 1234").
+ */
+export async function gpuMemoryUsed(host: Host, engine: Engine): Promise<number | string> {
+  const r = await host.run("nvidia-smi", [
+    "--query-gpu=index,memory.used",
+    "--format=csv,noheader,nounits",
+  ]);
+  if (r.code !== 0) return (unknown(r) as { why: string }).why;
+  const devices = engine.gpu.devices;
+  let sum = 0;
+  let seen = 0;
+  for (const line of r.stdout.split("\n")) {
+    const [index, used] = line.split(",").map((s) => s.trim());
+    if (!index || (devices.length > 0 && !devices.includes(index))) continue;
+    const mib = Number(used);
+    if (used === "" || !Number.isFinite(mib)) return `nvidia-smi says ${JSON.stringify(used)}`;
+    sum += mib;
+    seen++;
+  }
+  return seen > 0 ? sum : "nvidia-smi lists none of its GPUs";
+}
+
+export type Release =
+  | { state: "released"; beforeMiB: number; afterMiB: number }
+  | { state: "held"; beforeMiB: number; afterMiB: number }
+  | { state: "unknown"; why: string };
+
+/** How long a sleep's release may take to show in nvidia-smi; vLLM frees before it answers. */
+export const RELEASE_WAIT_MS = 2_000;
+
+/**
+ * After an engine said it sleeps: did the memory on its GPUs go down? At least half of what was
+ * in use before it slept must be free (a sleep gives back the weights and the KV cache, nearly
+ * all of it: docs/warm-swaps.md, "Checking the sleep").
+ */
+export async function waitForRelease(
+  host: Host,
+  engine: Engine,
+  beforeMiB: number,
+  waitMs = RELEASE_WAIT_MS,
+): Promise<Release> {
+  const t0 = host.now();
+  for (;;) {
+    const after = await gpuMemoryUsed(host, engine);
+    if (typeof after === "string") return { state: "unknown", why: after };
+    if (after <= beforeMiB / 2) return { state: "released", beforeMiB, afterMiB: after };
+    if (host.now() - t0 >= waitMs) return { state: "held", beforeMiB, afterMiB: after };
+    await host.sleep(POLL_MS);
+  }
+}

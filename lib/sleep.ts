@@ -5,7 +5,8 @@
  */
 import type { Host } from "./host.ts";
 import { engineUrl, isAsleep } from "./readiness.ts";
-import type { Engine } from "./units/model.ts";
+import { systemctl } from "./systemctl.ts";
+import { asleepMark, type Engine } from "./units/model.ts";
 
 export type SleepResult = { ok: true } | { ok: false; reason: string };
 
@@ -109,4 +110,26 @@ export function whyNotSleep(room: SleepRoom): string | null {
   return `its weights (${gib(room.weightsBytes)}) would not fit in the host's available memory ` +
     `(${gib(room.availableBytes)}, of which lychd leaves ${RAM_MARGIN * 100} % free) at sleep ` +
     "level 1";
+}
+
+/**
+ * An engine asleep must not come back awake by itself: systemd restarts a crashed engine
+ * (Restart=on-failure), and awake it would load its weights beside the engine that serves. Its
+ * unit's ExecCondition= skips any start while the manager's environment says it sleeps
+ * (docs/warm-swaps.md, "A crash while asleep"). Set before /sleep is sent, so a crash on the way
+ * to sleep is covered too.
+ */
+export async function markAsleep(host: Host, scope: string[], engine: string): Promise<void> {
+  await systemctl(host, scope, "set-environment", `${asleepMark(engine)}=1`);
+}
+
+/** Lift the mark: before an engine wakes or starts, and once one is stopped for good. */
+export async function clearAsleepMarks(
+  host: Host,
+  scope: string[],
+  engines: string[],
+): Promise<void> {
+  if (engines.length > 0) {
+    await systemctl(host, scope, "unset-environment", ...engines.map(asleepMark));
+  }
 }

@@ -21,6 +21,7 @@ import {
   type Target,
   writeConfig,
 } from "./support/target.ts";
+import { waitUntil } from "./support/wait.ts";
 
 const CLIENTS = 16;
 /** Where each engine answers in the guest (docs/warm-swaps.md: one port each for those that sleep). */
@@ -217,6 +218,55 @@ async function warmSwaps(t: Deno.TestContext, mode: Mode) {
         ]);
         assert(!/request while asleep/.test(j.stdout), `${e} got a request while asleep`);
       }
+    });
+
+    // System mode only: the same unit line and `systemctl --user set-environment` passed in user
+    // mode too, and the step waits out RestartSec=10 (CI time).
+    await t.step({
+      name: "a crash while asleep: systemd's restart is skipped, the engine stays down",
+      ignore: !system,
+      fn: async () => {
+        const toAlpha = await lychd("swap", ...flags, "alpha");
+        assertEquals(toAlpha.code, EXIT.OK, toAlpha.stdout + toAlpha.stderr);
+        assertMatch(toAlpha.stdout, /old engine asleep/);
+        const show = async () =>
+          Object.fromEntries(
+            (await target.run([
+              "systemctl",
+              ...scope,
+              "show",
+              "soulstone-vllm.service",
+              "-p",
+              "ActiveState,SubState,NRestarts,Result",
+            ])).stdout.trim().split("\n").map((l) => l.split("=", 2)),
+          );
+        const restartsBefore = Number((await show()).NRestarts);
+        const kill = await target.run(["podman", "kill", "soulstone-vllm"]);
+        assertEquals(kill.code, 0, kill.stderr);
+        // RestartSec=10: systemd tries, and its ExecCondition= (the mark lychd set) skips the start.
+        let last: Record<string, string> = {};
+        await waitUntil(
+          async () => {
+            last = await show();
+            // Tried (NRestarts counts it) and settled: skipped (inactive) or started (active).
+            return Number(last.NRestarts) > restartsBefore &&
+              ["inactive", "active", "failed"].includes(last.ActiveState);
+          },
+          "systemd's restart of vllm after its container was killed",
+          60_000,
+          500,
+        );
+        assertDeep(
+          [last.ActiveState, last.Result],
+          ["inactive", "exec-condition"],
+          JSON.stringify(last),
+        );
+        assertDeep(await awake(target), ["alpha"]);
+        // The next swap to it starts it as usual: the mark is lifted first.
+        const back = await lychd("swap", ...flags, "vllm");
+        assertEquals(back.code, EXIT.OK, back.stdout + back.stderr);
+        assertDeep(await awake(target), ["vllm"]);
+      },
     });
 
     await t.step("a crash on /sleep: the swap stops it and goes on; it stays stopped", async () => {

@@ -449,7 +449,8 @@ const CPU_ENGINES = (): Record<string, EngineScript> => ({
 });
 
 Deno.test("swap behind the gate: hold, drain with progress, then open to the new engine with the phases", async () => {
-  const fs = await behindGate([3, 3, 1, 0], CPU_ENGINES());
+  // The swap looks every 50 ms; a "draining" line at most every 250 ms.
+  const fs = await behindGate([3, 3, 3, 3, 3, 3, 3, 1, 1, 0], CPU_ENGINES());
   const code = await swap(fs.host, swapOpts("vllm"));
   assertEquals(code, 0, fs.host.stderr);
   assertMatch(
@@ -470,7 +471,7 @@ Deno.test("swap behind the gate: hold, drain with progress, then open to the new
   assertEquals(open.engine, "vllm");
   assertEquals(open.swap.result, "ok");
   assertDeep(Object.keys(open.swap.phases), ["drain", "stop", "start", "load", "warmup"]);
-  assert(open.swap.phases.drain >= 0.5, JSON.stringify(open.swap.phases));
+  assert(open.swap.phases.drain >= 0.4, JSON.stringify(open.swap.phases));
   // Clients waited from the drain's start: the report's total counts the drain.
   const line = fs.host.stdout.match(
     /^vllm ready in ([0-9.]+) s \(drained llama ([0-9.]+) s, old engine stopped ([0-9.]+) s, /,

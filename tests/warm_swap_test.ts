@@ -23,8 +23,13 @@ interface Options {
   failSleep?: boolean;
   failWake?: boolean;
   gpu?: string;
-  /** nvidia-smi lists a process for every engine that runs (asleep or not). */
+  /**
+   * nvidia-smi answers from a ledger: a process for every engine that runs (asleep or not), and
+   * in use on GPU 0 20000 MiB per engine awake, 600 per engine asleep (its CUDA context).
+   */
   smi?: boolean;
+  /** Hazard: this engine answers /sleep and says it sleeps, yet keeps its GPU memory. */
+  keepsMemory?: string;
 }
 
 async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
@@ -58,8 +63,15 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
   const asleep = new Set<string>(asleepToo);
   for (const e of [awake, ...asleepToo]) fs.activate(`soulstone-${e}.service`);
   const running = (e: string) => fs.state(`soulstone-${e}.service`).state === "active";
-  fs.extraPrograms = (program): RunResult | null => {
+  fs.extraPrograms = (program, args): RunResult | null => {
     if (program !== "nvidia-smi" || !o.smi) return null;
+    if (args[0] === "--query-gpu=index,memory.used") {
+      const used = ENGINES.filter(running).reduce(
+        (sum, e) => sum + (asleep.has(e) && e !== o.keepsMemory ? 600 : 20000),
+        0,
+      );
+      return { code: 0, stdout: `0, ${used}\n`, stderr: "" };
+    }
     const apps = ENGINES.filter(running).map((_e, i) => `${4000 + i}, python3, 612 MiB`);
     return {
       code: 0,
@@ -128,6 +140,26 @@ Deno.test("warm swap on NVIDIA: engines asleep stay listed by nvidia-smi; the sw
   assertMatch(fs.host.stderr, /GPU memory not checked with engines asleep/);
 });
 
+Deno.test("warm swap on NVIDIA: an engine that says it sleeps but keeps its GPU memory is stopped", async () => {
+  const { fs, asleep, running } = await warmHost("vllm", ["alpha"], {
+    smi: true,
+    keepsMemory: "vllm",
+  });
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertMatch(
+    fs.host.stderr,
+    /vllm did not go to sleep \(it said so, but the memory in use on its GPUs went only from 20600 MiB to 20600 MiB\): stopping it/,
+  );
+  assertDeep(ENGINES.filter(running), ["alpha"]);
+  assertDeep([...asleep], []);
+  // The same swap with an engine that gives its memory back keeps it asleep (the ledger: 20600
+  // MiB in use before, 1200 after).
+  const ok = await warmHost("vllm", ["alpha"], { smi: true });
+  assertEquals(await swap(ok.fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, ok.fs.host.stderr);
+  assertDeep([...ok.asleep], ["vllm"]);
+  assert(!/did not go to sleep/.test(ok.fs.host.stderr), ok.fs.host.stderr);
+});
+
 Deno.test("cold swap on NVIDIA beside engines asleep: every engine stops before the GPU check", async () => {
   const { fs, running } = await warmHost("vllm", ["alpha"], { smi: true });
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "llama")), EXIT.OK, fs.host.stderr);
@@ -152,6 +184,37 @@ Deno.test("warm swap: a sleep and a wake that both fail end in a stop and a rest
   assertDeep(ENGINES.filter(running), ["alpha"]);
   assertMatch(fs.host.stderr, /vllm did not go to sleep .*: stopping it/);
   assertMatch(fs.host.stderr, /alpha did not wake .*: restarting it/);
+});
+
+Deno.test("the marks that keep an engine asleep from a restart: set while it sleeps, gone once it wakes or stops", async () => {
+  const { fs } = await warmHost("vllm", [], { gpu: "cpu" });
+  const marks = () => [...fs.environment].filter(([, v]) => v !== "").map(([k]) => k);
+  const http = fs.http;
+  fs.http = (url: string) => {
+    fs.host.calls.push(`http ${url}`);
+    return http(url);
+  };
+  // alpha is stopped: it starts, and vllm sleeps.
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertDeep(marks(), ["LYCHD_ASLEEP_VLLM"]);
+  // Set before /sleep is sent: a crash on the way to sleep is covered too.
+  const set = fs.host.calls.findIndex((c) => c.includes("set-environment LYCHD_ASLEEP_VLLM=1"));
+  const sleep = fs.host.calls.findIndex((c) => c.includes(":18082/sleep"));
+  assert(set >= 0 && set < sleep, fs.host.calls.join("\n"));
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "vllm")), EXIT.OK, fs.host.stderr);
+  assertDeep(marks(), ["LYCHD_ASLEEP_ALPHA"]);
+  // Cold, to an engine that does not sleep: every engine stops, no mark is left behind; the
+  // swap back to one that slept starts it (a mark left would have its start skipped).
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "llama")), EXIT.OK, fs.host.stderr);
+  assertDeep(marks(), []);
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertDeep(fs.skippedStarts, []);
+});
+
+Deno.test("a sleep that fails: the engine is stopped and keeps no mark", async () => {
+  const { fs } = await warmHost("vllm", ["alpha"], { failSleep: true, gpu: "cpu" });
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertDeep([...fs.environment].filter(([, v]) => v !== ""), []);
 });
 
 Deno.test("status: the active engine is the one awake; one asleep says so", async () => {

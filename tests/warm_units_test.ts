@@ -71,6 +71,21 @@ Deno.test("sleep: refused with its key where lychd cannot sleep the engine or ro
     problems("engines: [vllm]\ngate: {max_asleep: -1}\n"),
     /gate\.max_asleep: -1 is not a number of engines asleep \(0-64\)/,
   );
+  assertMatch(
+    problems("engines: [vllm]\ncartridges: {vllm: {sleep: 1, env: {VLLM_SERVER_DEV_MODE: '0'}}}\n"),
+    /lychd\.yaml:2:\d+: cartridges\.vllm\.env\.VLLM_SERVER_DEV_MODE: lychd sets VLLM_SERVER_DEV_MODE=1 for an engine that sleeps/,
+  );
+  // The value lychd sets anyway is no conflict, and without sleep the key is the user's.
+  resolveConfig(
+    "engines: [vllm]\ncartridges: {vllm: {sleep: 1, env: {VLLM_SERVER_DEV_MODE: '1'}}}\n",
+    FILE,
+    [],
+  );
+  resolveConfig(
+    "engines: [vllm]\ncartridges: {vllm: {env: {VLLM_SERVER_DEV_MODE: '0'}}}\n",
+    FILE,
+    [],
+  );
   assertEquals(resolveConfig(null, FILE, []).config.gate.maxAsleep, 2);
   // sleep: false is today's engine, as is no key at all.
   const { config } = resolveConfig(
@@ -119,6 +134,12 @@ Deno.test({
         unitValues(q.services["soulstone-alpha.service"], "Service", "ExecStart")[0],
       );
       assertEquals(argv.at(-1), "--enable-sleep-mode");
+      // Asleep, no restart by systemd after a crash (docs/warm-swaps.md, "A crash while asleep").
+      const condition = (s: string) =>
+        unitValues(q.services[`soulstone-${s}.service`], "Service", "ExecCondition");
+      assertDeep(condition("alpha"), ['/usr/bin/test -z "${LYCHD_ASLEEP_ALPHA}"']);
+      assertDeep(condition("vllm"), ['/usr/bin/test -z "${LYCHD_ASLEEP_VLLM}"']);
+      assertDeep(condition("llama"), []);
       assertEquals(argv[argv.indexOf("--publish") + 1], "127.0.0.1:18083:8000");
       assertEquals(await systemdVerify(q.services, mode), "", `${mode}: systemd-analyze verify`);
       const prom = parseYaml(

@@ -16,7 +16,7 @@ import { imageExists, modelLocation } from "../images.ts";
 import { installUnits, withLock } from "../install.ts";
 import { withoutInstall } from "../apply.ts";
 import { BASE_URL, engineUrl, isAsleep, type Probe, probe, warmUp } from "../readiness.ts";
-import { putToSleep, wake, whyNotSleep } from "../sleep.ts";
+import { clearAsleepMarks, markAsleep, putToSleep, wake, whyNotSleep } from "../sleep.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import {
   journalTail,
@@ -27,7 +27,7 @@ import {
   type UnitProps,
 } from "../systemctl.ts";
 import { printable } from "../text.ts";
-import { describeHolders, waitForGpuMemory } from "../gpu.ts";
+import { describeHolders, gpuMemoryUsed, waitForGpuMemory, waitForRelease } from "../gpu.ts";
 import { controlFolder, GateClient, type GateControl } from "../gate/control.ts";
 import type { SwapRecord } from "../gate/proxy.ts";
 import type { LychdConfig } from "../config/types.ts";
@@ -523,6 +523,10 @@ async function switchTo(
   // Warm (docs/warm-swaps.md): between two engines that sleep, the old one is put to sleep, and
   // the new one woken if it sleeps. Anything that fails on the way falls back to the cold path.
   const warm = previous !== null && previous.sleep !== null && engine.sleep !== null;
+  // What the engine going to sleep holds on its GPUs, read now so the pause does not wait for it.
+  const usedBefore = warm && checkGpu && previous!.gpu.vendor === "nvidia"
+    ? gpuMemoryUsed(host, previous!)
+    : null;
   const asleep = engine.sleep !== null && !restart && (await isAsleep(host, engine)) === true;
   progress.phase(
     restart
@@ -536,6 +540,8 @@ async function switchTo(
   );
   const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
   const beside = await runningBeside(host, setup, text, engine);
+  const sleepers = resolveEngines(resolveConfig(text, setup.configPath, []).config)
+    .filter((e) => e.sleep !== null).map((e) => e.name);
   // nvidia-smi lists an engine asleep too (it keeps its CUDA context), and the check wants no
   // process on the GPU at all: with engines that sleep running beside one that sleeps, it is
   // /is_sleeping that says the memory was given back.
@@ -561,18 +567,24 @@ async function switchTo(
       await systemctl(host, scope, "stop", ...stale.map((b) => soulstoneService(b.engine.name)));
     }
     const noRoom = warm ? await whyNoRoomToSleep(host, setup, text, previous!, beside) : null;
+    let slept = false;
     if (noRoom) {
       progress.note(`${previous!.name} is stopped, not put to sleep: ${noRoom}`);
       await systemctl(host, scope, "stop", soulstoneService(previous!.name));
     } else if (warm) {
       const t = host.now();
-      const slept = await putToSleep(host, previous!, previous!.settings.stopTimeoutSec * 1000);
-      if (slept.ok) {
+      await markAsleep(host, scope, previous!.name);
+      const sleep = await putToSleep(host, previous!, previous!.settings.stopTimeoutSec * 1000);
+      const notSlept = sleep.ok
+        ? await memoryNotReleased(host, previous!, usedBefore, progress)
+        : sleep.reason;
+      if (notSlept === null) {
+        slept = true;
         warmPhases.sleep = (host.now() - t) / 1000;
         progress.note(`${previous!.name} asleep (level ${previous!.sleep!.level})`);
         if (!restart) stopping = null;
       } else {
-        progress.note(`${previous!.name} did not go to sleep (${slept.reason}): stopping it`);
+        progress.note(`${previous!.name} did not go to sleep (${notSlept}): stopping it`);
         await systemctl(host, scope, "stop", soulstoneService(previous!.name));
       }
     } else if (stopping && !options.inGate) {
@@ -590,6 +602,17 @@ async function switchTo(
         return { ok: false, reason: memory };
       }
     }
+    // Only the engines that stay asleep keep their mark: the target would not start with one,
+    // and one stopped (by this swap, or by Conflicts= as the target starts) may be started by
+    // hand later.
+    const staysAsleep = new Set<string>(
+      engine.sleep === null ? [] : [
+        ...beside.filter((b) => b.engine.sleep && !b.stale && b.engine.name !== previous?.name)
+          .map((b) => b.engine.name),
+        ...(slept ? [previous!.name] : []),
+      ],
+    );
+    await clearAsleepMarks(host, scope, sleepers.filter((n) => !staysAsleep.has(n)));
     let woken = false;
     if (asleep) {
       const t = host.now();
@@ -751,6 +774,31 @@ async function switchTo(
       ...(warmMs === null ? {} : { warmup: warmMs / 1000 }),
     },
   };
+}
+
+/**
+ * null when the GPU memory of the engine that said it sleeps went down (or cannot be told, which
+ * is said), else why its sleep does not count: an engine that answered /sleep but kept its
+ * memory would make the next one fail its load (docs/warm-swaps.md, "Checking the sleep").
+ */
+async function memoryNotReleased(
+  host: Host,
+  engine: Engine,
+  usedBefore: Promise<number | string> | null,
+  progress: Progress,
+): Promise<string | null> {
+  if (usedBefore === null) return null;
+  const before = await usedBefore;
+  const release = typeof before === "string"
+    ? { state: "unknown" as const, why: before }
+    : await waitForRelease(host, engine, before);
+  if (release.state === "unknown") {
+    progress.note(`GPU memory after the sleep not checked: ${release.why}`);
+    return null;
+  }
+  if (release.state === "released") return null;
+  return `it said so, but the memory in use on its GPUs went only from ${release.beforeMiB} ` +
+    `MiB to ${release.afterMiB} MiB`;
 }
 
 /** The engines that run beside `target` now, and whether each one's unit changed since it started. */

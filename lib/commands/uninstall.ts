@@ -11,7 +11,7 @@ import type { ConfigOptions } from "../config/types.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import type { Locations } from "../paths.ts";
-import { GATE_SERVICE, GRAFANA_ADMIN_SECRET } from "../units/model.ts";
+import { asleepMark, GATE_SERVICE, GRAFANA_ADMIN_SECRET } from "../units/model.ts";
 import { daemonReload, systemctlLine, withLock } from "../install.ts";
 import { openSetup } from "../setup.ts";
 import { SystemctlError } from "../systemctl.ts";
@@ -96,6 +96,16 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
         host.err(
           `Could not stop ${units.join(" ")}: ${stopped.stderr.trim() || `exit ${stopped.code}`}\n`,
         );
+      }
+      // The marks of engines that slept (docs/warm-swaps.md) go too; unsetting one never set is
+      // no error.
+      const engines = units.flatMap((u) => u.match(/^soulstone-(.+)\.service$/)?.slice(1) ?? []);
+      if (engines.length) {
+        await host.run("systemctl", [
+          ...loc.systemctlScope,
+          "unset-environment",
+          ...engines.map(asleepMark),
+        ]);
       }
     }
     for (const p of remove) {

@@ -3,7 +3,7 @@
  * Pure. Each rule rejects anything that could break out of the line or value it lands in inside
  * a unit file; what passes is escaped when rendered (lib/unit_syntax.ts).
  */
-import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES } from "../engines.ts";
+import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES, SLEEP_FLAGS } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
 import type {
   CartridgeSettings,
@@ -206,6 +206,18 @@ class Validator {
           "needs the gate (gate: true): an engine asleep keeps its port, and only the gate " +
             "sends each request to the one awake",
         );
+      }
+      // lychd sets what the sleep routes need; a value of the user's would silently remove them.
+      const api = builtin?.sleepApi ?? config.cartridges[name].sleepApi;
+      const env = config.cartridges[name].env ?? {};
+      for (const [key, value] of Object.entries(api ? SLEEP_FLAGS[api].env : {})) {
+        if (key in env && env[key] !== value) {
+          this.fail(
+            ["cartridges", name, "env", key],
+            `lychd sets ${key}=${value} for an engine that sleeps (its sleep routes exist only ` +
+              `then); remove ${key} from env`,
+          );
+        }
       }
     }
     // Each sleeper listens on a port of its own after the gate's engine port.

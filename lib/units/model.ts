@@ -17,6 +17,7 @@ import {
   GRAFANA_PORT,
   PROMETHEUS_IMAGE,
   PROMETHEUS_PORT,
+  SLEEP_FLAGS,
   STANDARD_PORT,
 } from "../engines.ts";
 import { ConfigError } from "../errors.ts";
@@ -61,6 +62,11 @@ export interface EngineUnit {
   ipcHost: boolean;
   timeoutStartSec: number;
   timeoutStopSec: number;
+  /**
+   * An engine that sleeps: the variable in systemd's manager environment that lychd sets while
+   * it sleeps, and that stops systemd from restarting it (awake) after a crash. null: not one.
+   */
+  asleepMark: string | null;
   /** Only the active engine starts at boot. */
   wantedBy: string | null;
 }
@@ -248,14 +254,6 @@ export function resolveEngines(config: LychdConfig): Engine[] {
   });
 }
 
-/**
- * What an engine that sleeps is started with: vLLM offers /sleep only with --enable-sleep-mode,
- * and the routes exist only in its development mode (docs/engines.md, "Sleep and wake").
- */
-const SLEEP_FLAGS: Record<SleepApi, { args: string[]; env: Record<string, string> }> = {
-  vllm: { args: ["--enable-sleep-mode"], env: { VLLM_SERVER_DEV_MODE: "1" } },
-};
-
 export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
   const engines = resolveEngines(config);
   const names = engines.map((e) => e.name);
@@ -319,9 +317,19 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       timeoutStartSec: settings.startTimeoutSec,
       // Podman's own stop timeout runs first; systemd's is the backstop that kills.
       timeoutStopSec: settings.stopTimeoutSec + 15,
+      asleepMark: engine.sleep ? asleepMark(engine.name) : null,
       wantedBy: engine.name === config.active ? loc.bootTarget : null,
     };
   });
+}
+
+/**
+ * The manager environment variable that says an engine is asleep (docs/warm-swaps.md, "A crash
+ * while asleep"). Engine names are lowercase letters, digits and single dashes, so the mapping
+ * is one to one.
+ */
+export function asleepMark(engine: string): string {
+  return `LYCHD_ASLEEP_${engine.toUpperCase().replaceAll("-", "_")}`;
 }
 
 /** The host folder of an engine's compile caches. */

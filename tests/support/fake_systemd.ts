@@ -111,6 +111,15 @@ export class FakeSystemd {
     return this.unitList(name, "Conflicts");
   }
 
+  /**
+   * systemd skips a start whose ExecCondition= fails: the soulstones' is `test -z "${MARK}"`
+   * against the manager's environment (docs/warm-swaps.md, "A crash while asleep").
+   */
+  conditionFails(name: string): boolean {
+    const line = (this.unitFile(name) ?? "").match(/^ExecCondition=.*\$\{(\w+)\}/m);
+    return line !== null && (this.environment.get(line[1]) ?? "") !== "";
+  }
+
   /** Whether systemd orders the two units (either way), so a stop of one precedes a start of the other. */
   ordered(a: string, b: string): boolean {
     return this.unitList(a, "After").includes(b) || this.unitList(a, "Before").includes(b) ||
@@ -237,6 +246,15 @@ export class FakeSystemd {
       case "enable":
         for (const n of a.slice(1)) this.enabled.add(n);
         return ok();
+      case "set-environment":
+        for (const kv of a.slice(1)) {
+          const i = kv.indexOf("=");
+          this.environment.set(kv.slice(0, i), kv.slice(i + 1));
+        }
+        return ok();
+      case "unset-environment":
+        for (const k of a.slice(1)) this.environment.delete(k);
+        return ok();
       case "reset-failed":
         for (const n of a.slice(1)) {
           Object.assign(this.unit(n), { state: "inactive", result: "success" });
@@ -247,6 +265,7 @@ export class FakeSystemd {
         return ok();
       case "restart":
         this.stop(a[1]);
+        if (this.conditionFails(a[1])) return ok();
         this.host.clock += this.engines[a[1].replace(/^soulstone-|\.service$/g, "")]?.startMs ??
           200;
         this.activate(a[1]);
@@ -282,6 +301,10 @@ export class FakeSystemd {
             stderr: `Job for ${name} failed because the control process exited with error code.`,
           };
         }
+        if (this.state(name).state !== "active" && this.conditionFails(name)) {
+          this.skippedStarts.push(name);
+          return ok();
+        }
         if (this.state(name).state !== "active") {
           this.host.clock += script?.startMs ?? 200;
           this.activate(name);
@@ -301,6 +324,12 @@ export class FakeSystemd {
         return { code: 1, stdout: "", stderr: `fake systemctl: ${a.join(" ")}` };
     }
   }
+
+  /** Starts skipped by a failed ExecCondition=. */
+  skippedStarts: string[] = [];
+
+  /** The manager's environment (`systemctl set-environment`). */
+  environment = new Map<string, string>();
 
   /** Units `systemctl enable` was run for. */
   enabled = new Set<string>();
