@@ -6,7 +6,7 @@
 export type GpuVendor = "nvidia" | "amd" | "cpu";
 
 /** vLLM's /sleep, /wake_up and /is_sleeping (docs/engines.md, "Sleep and wake"). */
-export type SleepApi = "vllm";
+export type SleepApi = "vllm" | "sglang";
 
 /**
  * What an engine that sleeps is started with: vLLM offers /sleep only with --enable-sleep-mode,
@@ -14,6 +14,20 @@ export type SleepApi = "vllm";
  */
 export const SLEEP_FLAGS: Record<SleepApi, { args: string[]; env: Record<string, string> }> = {
   vllm: { args: ["--enable-sleep-mode"], env: { VLLM_SERVER_DEV_MODE: "1" } },
+  // The memory saver releases on request; the CPU backup is what brings the weights back.
+  sglang: { args: ["--enable-memory-saver", "--enable-weights-cpu-backup"], env: {} },
+};
+
+/**
+ * The sleep levels each API can keep its promise at. SGLang resumes its weights only from the
+ * host copy `--enable-weights-cpu-backup` keeps: there is no level 2 (weights dropped, reloaded).
+ */
+export const SLEEP_LEVELS: Record<SleepApi, { levels: (1 | 2)[]; why: string }> = {
+  vllm: { levels: [1, 2], why: "" },
+  sglang: {
+    levels: [1],
+    why: "SGLang resumes its weights only from the host copy it keeps at level 1",
+  },
 };
 
 /** Which metric names an engine exports; the harvester's rules map each dialect to `lychd:`. */
@@ -137,10 +151,9 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       FLASHINFER_WORKSPACE_BASE: "flashinfer",
       CUDA_CACHE_PATH: "cuda",
     },
-    sleepApi: null,
-    noSleep: "its /release_memory_occupation has no route that says whether it is released, so " +
-      "after a restart lychd could not tell it asleep from awake (not yet supported; " +
-      "docs/warm-swaps.md)",
+    // /release_memory_occupation and /resume_memory_occupation (docs/engines.md, "Sleep and
+    // wake"); no route says whether it is released: lychd's mark does (docs/warm-swaps.md).
+    sleepApi: "sglang",
   },
   {
     name: "llama",

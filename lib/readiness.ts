@@ -8,6 +8,7 @@
 import type { Host } from "./host.ts";
 import { type SleepApi, STANDARD_PORT } from "./engines.ts";
 import { printable } from "./text.ts";
+import { asleepMark } from "./units/model.ts";
 
 /** "asleep": an engine that sleeps, alive and healthy but without its weights: it serves nothing. */
 export type ProbeState = "down" | "loading" | "wrong-model" | "ready" | "asleep";
@@ -27,6 +28,8 @@ export interface ProbeTarget {
   model: string | null;
   /** An engine that sleeps answers /health asleep too: it is asked whether it sleeps. */
   sleep?: { api: SleepApi } | null;
+  /** Its name: SGLang's sleep is told by lychd's mark, which is named after it. */
+  name?: string;
 }
 
 /** Where clients reach lychd: the gate, or the active engine itself. */
@@ -36,7 +39,16 @@ export function engineUrl(target: { hostPort: number }): string {
   return `http://127.0.0.1:${target.hostPort}`;
 }
 
-export async function probe(host: Host, target: ProbeTarget, timeoutMs = 2000): Promise<Probe> {
+/**
+ * What the engine answers now. `scope` (systemctl's, for the mark of an SGLang asleep) is needed
+ * only for an engine that sleeps through SGLang's routes; without it, one is never "ready".
+ */
+export async function probe(
+  host: Host,
+  target: ProbeTarget,
+  timeoutMs = 2000,
+  scope?: string[],
+): Promise<Probe> {
   const base = engineUrl(target);
   const health = await host.httpGet(`${base}${target.healthPath}`, timeoutMs);
   if ("error" in health) {
@@ -55,11 +67,15 @@ export async function probe(host: Host, target: ProbeTarget, timeoutMs = 2000): 
   }
   if (target.sleep) {
     // vLLM answers /health and /v1/models asleep too; a request sent then may hang (vllm #45268).
-    const asleep = await isAsleep(host, target, timeoutMs);
+    const asleep = await isAsleep(host, target, scope, timeoutMs);
     if (asleep !== false) {
       return {
         state: asleep ? "asleep" : "loading",
-        detail: asleep ? "asleep" : "healthy, /is_sleeping not answering",
+        detail: asleep
+          ? "asleep"
+          : target.sleep.api === "vllm"
+          ? "healthy, /is_sleeping not answering"
+          : "healthy, but whether it sleeps is not known",
         models: [],
       };
     }
@@ -138,12 +154,24 @@ export async function warmUp(
   return { ok: false, why: `HTTP 200 without a completion: ${said}` };
 }
 
-/** Whether an engine that sleeps is asleep now: null when it does not say (down, or no route). */
+/**
+ * Whether an engine that sleeps is asleep now; null when that is not known. vLLM says so on
+ * /is_sleeping (null: down, or no route). SGLang has no such route: lychd's mark in the
+ * manager's environment says it (docs/warm-swaps.md, "A crash while asleep"), read with
+ * `systemctl show-environment` (null without a scope or a name, or when systemctl fails).
+ */
 export async function isAsleep(
-  host: Pick<Host, "httpGet">,
-  target: { hostPort: number },
+  host: Pick<Host, "httpGet" | "run">,
+  target: { hostPort: number; name?: string; sleep?: { api: SleepApi } | null },
+  scope: string[] | undefined,
   timeoutMs = 2000,
 ): Promise<boolean | null> {
+  if (target.sleep?.api === "sglang") {
+    if (scope === undefined || target.name === undefined) return null;
+    const r = await host.run("systemctl", [...scope, "show-environment"]);
+    if (r.code !== 0) return null;
+    return r.stdout.split("\n").includes(`${asleepMark(target.name)}=1`);
+  }
   const r = await host.httpGet(`${engineUrl(target)}/is_sleeping`, timeoutMs);
   if ("error" in r || r.status !== 200) return null;
   try {

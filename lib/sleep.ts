@@ -13,12 +13,20 @@ export type SleepResult = { ok: true } | { ok: false; reason: string };
 /** How often the engine is asked whether it sleeps (or is awake) after it was told to. */
 const CONFIRM_POLL_MS = 50;
 
-/** Sleep at the engine's level, and confirm with /is_sleeping. */
+/**
+ * Sleep at the engine's level. vLLM: confirmed with /is_sleeping. SGLang: its answer is all it
+ * says (no route tells); on NVIDIA the swap then checks that the GPU memory went down.
+ */
 export async function putToSleep(
   host: Host,
   engine: Engine,
   timeoutMs: number,
 ): Promise<SleepResult> {
+  if (engine.sleep!.api === "sglang") {
+    // No tags: weights, KV cache and CUDA graphs; the weights stay in host RAM (CPU backup).
+    const r = await post(host, engine, "/release_memory_occupation", {}, timeoutMs);
+    return r ? { ok: false, reason: `/release_memory_occupation: ${r}` } : { ok: true };
+  }
   const level = engine.sleep!.level;
   const r = await post(host, engine, `/sleep?level=${level}`, {}, timeoutMs);
   if (r) return { ok: false, reason: `/sleep?level=${level}: ${r}` };
@@ -27,6 +35,11 @@ export async function putToSleep(
 
 /** Wake: the weights back (reloaded from disk at level 2), then the KV cache; confirm. */
 export async function wake(host: Host, engine: Engine, timeoutMs: number): Promise<SleepResult> {
+  if (engine.sleep!.api === "sglang") {
+    // Awake once it answers; the swap's probe and warm-up follow, as for any engine.
+    const r = await post(host, engine, "/resume_memory_occupation", {}, timeoutMs);
+    return r ? { ok: false, reason: `/resume_memory_occupation: ${r}` } : { ok: true };
+  }
   const steps: [string, unknown][] = engine.sleep!.level === 1 ? [["/wake_up", {}]] : [
     ["/wake_up?tags=weights", {}],
     ["/collective_rpc", { method: "reload_weights" }],
@@ -62,7 +75,7 @@ async function confirm(
   const until = host.now() + timeoutMs;
   let last: boolean | null = null;
   while (true) {
-    last = await isAsleep(host, engine);
+    last = await isAsleep(host, engine, undefined);
     if (last === asleep) return { ok: true };
     // Gone (it died on /sleep, vllm #45520): no use waiting for an answer.
     if (last === null && "error" in await host.httpGet(`${engineUrl(engine)}/health`, 2000)) {

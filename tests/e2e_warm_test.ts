@@ -38,6 +38,7 @@ function config(
   prometheus: string,
   alphaExtra: string[] = [],
   gate = "",
+  sglangSleeps = false,
 ): string {
   const words = (a: string[]) => a.map((w) => JSON.stringify(w)).join(", ");
   return `engines: [vllm, alpha, sglang]
@@ -77,7 +78,12 @@ cartridges:
   sglang:
     image: ${fake}
     model: org/sglang-model
-    args: [--fake-load-ms, "2500"]
+${
+    sglangSleeps
+      ? `    sleep: 1
+    args: [--fake-load-ms, "2500", --fake-sleep-ms, "100", --fake-wake-ms, "300", --fake-hang-asleep, --fake-refuse-busy-release]`
+      : `    args: [--fake-load-ms, "2500"]`
+  }
 `;
 }
 
@@ -332,6 +338,44 @@ async function warmSwaps(t: Deno.TestContext, mode: Mode) {
         "soulstone-alpha.service",
       ]);
       assertEquals(alpha.stdout.trim(), "inactive");
+    });
+
+    // System mode only (CI time); the routes and the mark are the same in user mode.
+    await t.step({
+      name: "SGLang's routes: released and resumed under load, never released while busy",
+      ignore: !system,
+      fn: async () => {
+        const sg = config(fake, prometheus, [], "", true);
+        assertEquals((await writeConfig(target, sg)).code, 0);
+        const init = await lychd("init", ...flags);
+        assertEquals(init.code, EXIT.OK, init.stdout + init.stderr);
+        // The units changed (ports, Conflicts=): the first swaps start cold; then warm ones.
+        for (const next of ["sglang", "vllm"]) {
+          const r = await lychd("swap", ...flags, next);
+          assertEquals(r.code, EXIT.OK, r.stdout + r.stderr);
+        }
+        const load = startLoad(target, CLIENTS);
+        await new Promise((r) => setTimeout(r, 1000));
+        const lines: string[] = [];
+        for (const next of ["sglang", "vllm", "sglang"]) {
+          const r = await lychd("swap", ...flags, next);
+          assertEquals(r.code, EXIT.OK, r.stdout + r.stderr);
+          lines.push(r.stdout.trim().split("\n").at(-1)!);
+          const status = JSON.parse((await lychd("status", ...flags, "--json")).stdout);
+          const asleep = status.engines.filter((e: { asleep: number | null }) => e.asleep)
+            .map((e: { name: string }) => e.name);
+          assertDeep([status.active, asleep], [next, [next === "vllm" ? "sglang" : "vllm"]]);
+          await new Promise((r) => setTimeout(r, 600));
+        }
+        const results = await load.stop();
+        console.log(`  SGLang's routes: ${results.length} requests; ${lines.join(" | ")}`);
+        const failed = results.filter((r) => !r.ok);
+        assertEquals(failed.length, 0, failed.slice(0, 5).map((f) => JSON.stringify(f)).join("\n"));
+        for (const line of lines) assertMatch(line, /old engine asleep .*woken/);
+        const j = await target.run(["journalctl", "-u", "soulstone-sglang.service", "--no-pager"]);
+        assertMatch(j.stdout, /memory released/);
+        assert(!/release refused|request while asleep/.test(j.stdout), "sglang: busy or asleep");
+      },
     });
   } finally {
     await target.close();

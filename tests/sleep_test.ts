@@ -14,7 +14,12 @@ import { waitUntil } from "./support/wait.ts";
 
 const FAKE = new URL("./e2e/fake_engine.ts", import.meta.url).pathname;
 
-async function standIn(level: 1 | 2, extra: string[] = [], env = { VLLM_SERVER_DEV_MODE: "1" }) {
+async function standIn(
+  level: 1 | 2,
+  extra: string[] = [],
+  env = { VLLM_SERVER_DEV_MODE: "1" },
+  api: "vllm" | "sglang" = "vllm",
+) {
   const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -26,7 +31,7 @@ async function standIn(level: 1 | 2, extra: string[] = [], env = { VLLM_SERVER_D
       "--allow-write",
       FAKE,
       "org/m",
-      "--enable-sleep-mode",
+      ...(api === "vllm" ? ["--enable-sleep-mode"] : []),
       "--port",
       String(port),
       "--fake-load-ms",
@@ -46,7 +51,7 @@ async function standIn(level: 1 | 2, extra: string[] = [], env = { VLLM_SERVER_D
     hostPort: port,
     healthPath: "/health",
     model: "org/m",
-    sleep: { level, api: "vllm" },
+    sleep: { level, api },
     settings: { stopTimeoutSec: 5, startTimeoutSec: 5 },
   } as unknown as Engine;
   await waitUntil(
@@ -132,4 +137,70 @@ Deno.test("room to sleep: max_asleep, and at level 1 the weights against the hos
   assertEquals(whyNotSleep({ ...big, level: 2 }), null);
   assertEquals(whyNotSleep({ ...big, level: 1, weightsBytes: null }), null);
   assertEquals(whyNotSleep({ ...big, level: 1, availableBytes: null }), null);
+});
+
+Deno.test("sleep through SGLang's routes: release and resume; the probe goes by lychd's mark; no CPU backup, no weights", async () => {
+  // What lychd starts SGLang with for sleep: 1 (lib/engines.ts SLEEP_FLAGS).
+  const flags = ["--enable-memory-saver", "--enable-weights-cpu-backup"];
+  const s = await standIn(1, flags, { VLLM_SERVER_DEV_MODE: "0" }, "sglang");
+  // The mark, as `systemctl show-environment` prints it.
+  let marked = false;
+  const host = {
+    ...denoHost,
+    run: (program: string, args: string[]) =>
+      Promise.resolve(
+        program === "systemctl" && args.at(-1) === "show-environment"
+          ? { code: 0, stdout: `LANG=C\n${marked ? "LYCHD_ASLEEP_STANDIN=1\n" : ""}`, stderr: "" }
+          : { code: 127, stdout: "", stderr: "not here" },
+      ),
+  };
+  try {
+    assertEquals((await probe(host, s.engine, 2000, ["--user"])).state, "ready");
+    marked = true;
+    assertDeep(await putToSleep(host, s.engine, 5000), { ok: true });
+    assertEquals((await probe(host, s.engine, 2000, ["--user"])).state, "asleep");
+    // Without a scope the mark cannot be read: never "ready".
+    assertEquals((await probe(host, s.engine)).state, "loading");
+    const refused = await s.chat();
+    assert("status" in refused && refused.status === 500, JSON.stringify(refused));
+    marked = false;
+    assertDeep(await wake(host, s.engine, 5000), { ok: true });
+    assertEquals((await probe(host, s.engine, 2000, ["--user"])).state, "ready");
+    const served = await s.chat();
+    assert("status" in served && served.status === 200, JSON.stringify(served));
+  } finally {
+    await s.close();
+  }
+  // Why SGLang sleeps at level 1 only: without the host copy the weights do not come back.
+  const bare = await standIn(1, ["--enable-memory-saver"], { VLLM_SERVER_DEV_MODE: "0" }, "sglang");
+  try {
+    assertDeep(await putToSleep(denoHost, bare.engine, 5000), { ok: true });
+    assertDeep(await wake(denoHost, bare.engine, 5000), { ok: true });
+    const lost = await bare.chat();
+    assert("status" in lost && lost.status === 500, JSON.stringify(lost));
+  } finally {
+    await bare.close();
+  }
+});
+
+Deno.test("sleep through SGLang's routes: a release while a request is in flight is refused, and says so", async () => {
+  const s = await standIn(
+    1,
+    ["--enable-memory-saver", "--enable-weights-cpu-backup", "--fake-refuse-busy-release"],
+    { VLLM_SERVER_DEV_MODE: "0" },
+    "sglang",
+  );
+  try {
+    // A streamed completion held open keeps one request in flight.
+    const stream = await fetch(`http://127.0.0.1:${s.engine.hostPort}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify({ model: "org/m", stream: true }),
+    });
+    const r = await putToSleep(denoHost, s.engine, 5000);
+    assert(!r.ok);
+    assertMatch(r.reason, /^\/release_memory_occupation: 500 .*not idle/);
+    await stream.body?.cancel();
+  } finally {
+    await s.close();
+  }
 });

@@ -30,6 +30,8 @@ interface Options {
   smi?: boolean;
   /** Hazard: this engine answers /sleep and says it sleeps, yet keeps its GPU memory. */
   keepsMemory?: string;
+  /** alpha speaks SGLang's routes (sleep_api: sglang) rather than vLLM's. */
+  alphaSglang?: boolean;
 }
 
 async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
@@ -48,7 +50,7 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
     flag(["cartridges", "alpha", "port"], 8000),
     flag(["cartridges", "alpha", "model"], "org/alpha"),
     flag(["cartridges", "alpha", "sleep"], 1),
-    flag(["cartridges", "alpha", "sleep_api"], "vllm"),
+    flag(["cartridges", "alpha", "sleep_api"], o.alphaSglang ? "sglang" : "vllm"),
     flag(["cartridges", "alpha", "args"], ["org/alpha"]),
     flag(["cartridges", "llama", "model"], "org/llama"),
     ...(o.gpu ? ENGINES.map((e) => flag(["cartridges", e, "gpu"], o.gpu)) : []),
@@ -62,6 +64,8 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
   assertEquals(code, 0, fs.host.stderr);
   const asleep = new Set<string>(asleepToo);
   for (const e of [awake, ...asleepToo]) fs.activate(`soulstone-${e}.service`);
+  // SGLang has no route that says it sleeps: lychd's mark does (as a swap would have set it).
+  if (o.alphaSglang && asleepToo.includes("alpha")) fs.environment.set("LYCHD_ASLEEP_ALPHA", "1");
   const running = (e: string) => fs.state(`soulstone-${e}.service`).state === "active";
   fs.extraPrograms = (program, args): RunResult | null => {
     if (program !== "nvidia-smi" || !o.smi) return null;
@@ -90,6 +94,22 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
     const u = new URL(url);
     const name = PORT[Number(u.port)];
     if (!name || !running(name)) return { error: "refused" };
+    if (name === "alpha" && o.alphaSglang) {
+      switch (u.pathname) {
+        case "/release_memory_occupation":
+          if (o.failSleep) return { status: 500, body: "the scheduler is not idle" };
+          asleep.add(name);
+          return { status: 200, body: '{"success":true}' };
+        case "/resume_memory_occupation":
+          if (o.failWake) return { status: 500, body: "boom" };
+          asleep.delete(name);
+          return { status: 200, body: '{"success":true}' };
+        case "/is_sleeping":
+        case "/sleep":
+        case "/wake_up":
+          return { status: 404, body: "" };
+      }
+    }
     switch (u.pathname) {
       case "/is_sleeping":
         return name === "llama"
@@ -215,6 +235,47 @@ Deno.test("a sleep that fails: the engine is stopped and keeps no mark", async (
   const { fs } = await warmHost("vllm", ["alpha"], { failSleep: true, gpu: "cpu" });
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
   assertDeep([...fs.environment].filter(([, v]) => v !== ""), []);
+});
+
+Deno.test("warm swap with an engine that speaks SGLang's routes: resumed, released, told asleep by its mark", async () => {
+  const { fs, asleep, running } = await warmHost("vllm", ["alpha"], {
+    gpu: "cpu",
+    alphaSglang: true,
+  });
+  const http = fs.http;
+  const paths: string[] = [];
+  fs.http = (url: string) => {
+    paths.push(`${new URL(url).port}${new URL(url).pathname}`);
+    return http(url);
+  };
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
+  assertDeep([...asleep], ["vllm"]);
+  assert(paths.includes("18083/resume_memory_occupation"), paths.join(" "));
+  assertMatch(fs.host.stdout, /alpha ready in .*woken/);
+  await status(fs.host, { config: SETUP, json: false });
+  assertMatch(fs.host.stdout, /vllm\s+active \(asleep, level 1\)/);
+  // And back: alpha released, its mark set, so status and the next swap know it sleeps.
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "vllm")), EXIT.OK, fs.host.stderr);
+  assertDeep([...asleep], ["alpha"]);
+  assert(paths.includes("18083/release_memory_occupation"), paths.join(" "));
+  assertEquals(fs.environment.get("LYCHD_ASLEEP_ALPHA"), "1");
+  fs.host.stdout = "";
+  await status(fs.host, { config: SETUP, json: false });
+  assertMatch(fs.host.stdout, /alpha\s+active \(asleep, level 1\)/);
+  assertDeep(ENGINES.filter(running), ["vllm", "alpha"]);
+  assertDeep(units(fs.host.calls), []);
+});
+
+Deno.test("SGLang's release refused (busy): the engine is stopped, its mark lifted, the swap goes on", async () => {
+  const { fs, running } = await warmHost("alpha", ["vllm"], {
+    gpu: "cpu",
+    alphaSglang: true,
+    failSleep: true,
+  });
+  assertEquals(await swap(fs.host, swapDefaults(SETUP, "vllm")), EXIT.OK, fs.host.stderr);
+  assertMatch(fs.host.stderr, /alpha did not go to sleep \(\/release_memory_occupation: 500 /);
+  assertDeep(ENGINES.filter(running), ["vllm"]);
+  assertEquals(fs.environment.get("LYCHD_ASLEEP_ALPHA"), undefined);
 });
 
 Deno.test("status: the active engine is the one awake; one asleep says so", async () => {

@@ -44,8 +44,12 @@ Deno.test("sleep: refused with its key where lychd cannot sleep the engine or ro
     /lychd\.yaml:2:\d+: cartridges\.llama\.sleep: llama\.cpp cannot be put to sleep by lychd: llama\.cpp has no sleep or wake route/,
   );
   assertMatch(
-    problems("engines: [sglang]\ncartridges: {sglang: {sleep: 1}}\n"),
-    /cartridges\.sglang\.sleep: SGLang cannot be put to sleep by lychd/,
+    problems("engines: [sglang]\ncartridges: {sglang: {sleep: 2}}\n"),
+    /cartridges\.sglang\.sleep: level 2 is not offered: SGLang resumes its weights only from the host copy it keeps at level 1 \(use sleep: 1\)/,
+  );
+  assertMatch(
+    problems("engines: [x]\ncartridges: {x: {image: a/b:1, port: 80, sleep: 1, sleep_api: tgi}}\n"),
+    /cartridges\.x\.sleep_api: expected vllm .* or sglang .*, got string "tgi"/,
   );
   assertMatch(
     problems("engines: [x]\ncartridges: {x: {image: a/b:1, port: 80, sleep: 1}}\n"),
@@ -155,4 +159,27 @@ Deno.test({
       ]);
     }
   },
+});
+
+Deno.test("SGLang that sleeps: the memory saver and its CPU copy of the weights, a port of its own", () => {
+  const yaml =
+    "engines: [vllm, sglang, llama]\ncartridges:\n  vllm: {sleep: 1}\n  sglang: {sleep: 1}\n";
+  const { config } = resolveConfig(yaml, FILE, []);
+  assertDeep(resolveEngines(config).map((e) => [e.name, e.hostPort, e.sleep]), [
+    ["vllm", 18082, { level: 1, api: "vllm" }],
+    ["sglang", 18083, { level: 1, api: "sglang" }],
+    ["llama", 18081, null],
+  ]);
+  const units = unitFiles(planFor(yaml));
+  const sglang = units["soulstone-sglang.container"];
+  const exec = unitValues(sglang, "Container", "Exec")[0].split(" ");
+  assertDeep(exec.slice(-2), ["--enable-memory-saver", "--enable-weights-cpu-backup"]);
+  assertEquals(
+    unitValues(sglang, "Container", "Environment").some((e) => e.includes("DEV_MODE")),
+    false,
+  );
+  assertDeep(unitValues(sglang, "Unit", "Conflicts"), ["soulstone-llama.service"]);
+  assertDeep(unitValues(sglang, "Service", "ExecCondition"), [
+    '/usr/bin/test -z "${LYCHD_ASLEEP_SGLANG}"',
+  ]);
 });

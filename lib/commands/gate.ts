@@ -72,7 +72,10 @@ export async function gate(host: Host, options: GateOptions): Promise<number> {
       // Whatever serves on the engine port now: ask systemd which one, then the engine itself.
       const name = await activeEngine(host, setup.loc.systemctlScope, engines);
       const engine = engines.find((e) => e.name === name);
-      if (engine === undefined || !serves((await probe(host, engine, 1000)).state)) return false;
+      if (
+        engine === undefined ||
+        !serves((await probe(host, engine, 1000, setup.loc.systemctlScope)).state)
+      ) return false;
       return { engine: engine.name, upstream: engineUrl(engine) };
     },
   });
@@ -225,7 +228,7 @@ async function activeEngine(
     const states = await showUnits(host, scope, names.map(soulstoneService), ["ActiveState"]);
     for (const e of engines) {
       if (states[soulstoneService(e.name)]?.ActiveState !== "active") continue;
-      if (e.sleep && (await isAsleep(host, e)) === true) continue;
+      if (e.sleep && (await isAsleep(host, e, scope)) === true) continue;
       return e.name;
     }
     return null;

@@ -118,10 +118,12 @@ export async function status(host: Host, options: StatusOptions): Promise<number
   // Engines asleep run too: the active one is the one awake.
   const asleep = new Map<string, number>();
   for (const e of running) {
-    if (e.sleep && (await isAsleep(host, e)) === true) asleep.set(e.name, e.sleep.level);
+    if (e.sleep && (await isAsleep(host, e, loc.systemctlScope)) === true) {
+      asleep.set(e.name, e.sleep.level);
+    }
   }
   const active = running.find((e) => !asleep.has(e.name)) ?? null;
-  const p = active ? await probe(host, active) : null;
+  const p = active ? await probe(host, active, 2000, loc.systemctlScope) : null;
   const report: StatusReport = {
     version: 1,
     mode: loc.mode,

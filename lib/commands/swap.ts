@@ -118,7 +118,9 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   );
   // Engines asleep run too (docs/warm-swaps.md): the one swapped away from is the one awake.
   const asleep = new Set<string>();
-  for (const e of running) if (e.sleep && (await isAsleep(host, e)) === true) asleep.add(e.name);
+  for (const e of running) {
+    if (e.sleep && (await isAsleep(host, e, scope)) === true) asleep.add(e.name);
+  }
   const previous = running.find((e) => e.name !== target.name && !asleep.has(e.name)) ?? null;
   const targetRuns = running.some((e) => e.name === target.name);
 
@@ -139,7 +141,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     (writtenBefore ||
       (own !== undefined && withoutInstall(own.before) !== withoutInstall(own.file?.content)));
   if (targetRuns && !previous && !stale) {
-    const p = await probe(host, target);
+    const p = await probe(host, target, 2000, scope);
     if (p.state === "ready") {
       host.out(`${target.name} is already active and healthy (${p.detail}); nothing to do.\n`);
       return EXIT.OK;
@@ -527,7 +529,8 @@ async function switchTo(
   const usedBefore = warm && checkGpu && previous!.gpu.vendor === "nvidia"
     ? gpuMemoryUsed(host, previous!)
     : null;
-  const asleep = engine.sleep !== null && !restart && (await isAsleep(host, engine)) === true;
+  const asleep = engine.sleep !== null && !restart &&
+    (await isAsleep(host, engine, scope)) === true;
   progress.phase(
     restart
       ? `${warm ? `putting ${previous!.name} to sleep, then ` : ""}restarting ${engine.name} ` +
@@ -675,7 +678,7 @@ async function switchTo(
   let lastUnitCheck = host.now();
   let served: string[] = [];
   for (;;) {
-    const p = await probe(host, engine, 2000);
+    const p = await probe(host, engine, 2000, scope);
     if (p.state === "ready") {
       served = p.models;
       break;
@@ -845,7 +848,7 @@ async function whyNoRoomToSleep(
   let asleepNow = 0;
   for (const b of beside) {
     if (b.stale || !b.engine.sleep || b.engine.name === previous.name) continue;
-    if ((await isAsleep(host, b.engine)) === true) asleepNow++;
+    if ((await isAsleep(host, b.engine, setup.loc.systemctlScope)) === true) asleepNow++;
   }
   const where = previous.model === null ? null : modelLocation(
     config.modelCache ?? setup.loc.modelCache,

@@ -3,7 +3,13 @@
  * Pure. Each rule rejects anything that could break out of the line or value it lands in inside
  * a unit file; what passes is escaped when rendered (lib/unit_syntax.ts).
  */
-import { BUILTIN_NAMES, builtinCartridge, DEFAULT_ENGINES, SLEEP_FLAGS } from "../engines.ts";
+import {
+  BUILTIN_NAMES,
+  builtinCartridge,
+  DEFAULT_ENGINES,
+  SLEEP_FLAGS,
+  SLEEP_LEVELS,
+} from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
 import type {
   CartridgeSettings,
@@ -198,7 +204,7 @@ class Validator {
       } else if (!builtin && config.cartridges[name].sleepApi === null) {
         this.fail(
           path,
-          `custom engine "${name}" needs sleep_api: vllm beside sleep (the routes it speaks)`,
+          `custom engine "${name}" needs sleep_api: vllm or sglang beside sleep (the routes it speaks)`,
         );
       } else if (!config.gate.enabled) {
         this.fail(
@@ -209,6 +215,10 @@ class Validator {
       }
       // lychd sets what the sleep routes need; a value of the user's would silently remove them.
       const api = builtin?.sleepApi ?? config.cartridges[name].sleepApi;
+      const level = config.cartridges[name].sleep!;
+      if (api && !SLEEP_LEVELS[api].levels.includes(level)) {
+        this.fail(path, `level ${level} is not offered: ${SLEEP_LEVELS[api].why} (use sleep: 1)`);
+      }
       const env = config.cartridges[name].env ?? {};
       for (const [key, value] of Object.entries(api ? SLEEP_FLAGS[api].env : {})) {
         if (key in env && env[key] !== value) {
@@ -408,11 +418,11 @@ class Validator {
   }
 
   sleepApi(raw: unknown, path: KeyPath): SleepApi | null {
-    if (raw === "vllm") return raw;
+    if (raw === "vllm" || raw === "sglang") return raw;
     return this.fail(
       path,
-      `expected vllm (the engine speaks vLLM's /sleep, /wake_up and /is_sleeping), got ` +
-        describe(raw),
+      "expected vllm (the engine speaks vLLM's /sleep, /wake_up and /is_sleeping) or sglang " +
+        `(SGLang's /release_memory_occupation and /resume_memory_occupation), got ${describe(raw)}`,
     );
   }
 

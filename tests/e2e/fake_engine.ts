@@ -22,6 +22,12 @@
  *   --fake-crash-on-busy-sleep  /sleep with a request in flight answers 200, then the engine
  *                           exits 1 (vllm #45520)
  *   --fake-crash-on-sleep   /sleep answers 200, then the engine exits 1
+ * SGLang's memory saver, only with --enable-memory-saver: POST /release_memory_occupation (all
+ * tags: asleep) and POST /resume_memory_occupation (awake; the weights valid only with
+ * --enable-weights-cpu-backup, as SGLang restores them from that host copy). No route says
+ * whether it is released, as in SGLang.
+ *   --fake-refuse-busy-release  /release_memory_occupation with a request in flight answers a
+ *                           500 (SGLang's scheduler asserts that it is idle)
  * /whoami also says whether its compile cache (VLLM_CACHE_ROOT, SGLANG_JIT_CACHE_ROOT or
  * CUDA_CACHE_PATH, as lychd sets them) held what an earlier start wrote: cache=hit|miss|none.
  */
@@ -50,6 +56,30 @@ let weightsOn = true;
 let kvOn = true;
 let weightsValid = true;
 const asleep = () => !weightsOn || !kvOn;
+// SGLang's memory saver (its own flags: no development mode).
+const canRelease = args.includes("--enable-memory-saver");
+const cpuBackup = args.includes("--enable-weights-cpu-backup");
+
+async function releaseRoute(req: Request, path: string): Promise<Response> {
+  if (req.method !== "POST") return new Response("not found\n", { status: 404 });
+  if (path === "/release_memory_occupation") {
+    if (args.includes("--fake-refuse-busy-release") && inFlight > 0) {
+      console.log(`release refused: ${inFlight} in flight`);
+      return Response.json({ error: "fake: the scheduler is not idle" }, { status: 500 });
+    }
+    await pause(sleepMs);
+    weightsOn = false;
+    kvOn = false;
+    console.log("memory released");
+    return Response.json({ success: true });
+  }
+  await pause(wakeMs);
+  weightsOn = true;
+  kvOn = true;
+  weightsValid = cpuBackup;
+  console.log(`memory resumed${cpuBackup ? "" : " (no CPU backup: weights lost)"}`);
+  return Response.json({ success: true });
+}
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A chat or completion request that arrives while asleep: refused, or one of vLLM's hazards. */
@@ -221,6 +251,8 @@ Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req) => {
     "/reset_prefix_cache",
   ];
   if (canSleep && sleepPaths.includes(path)) return sleepRoute(req, path);
+  const releasePaths = ["/release_memory_occupation", "/resume_memory_occupation"];
+  if (canRelease && releasePaths.includes(path)) return releaseRoute(req, path);
   const generates = path === "/v1/completions" || path === "/v1/chat/completions";
   if (generates && asleep()) return whileAsleep(req);
   if (generates && !weightsValid) {

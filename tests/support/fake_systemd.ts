@@ -252,6 +252,8 @@ export class FakeSystemd {
           this.environment.set(kv.slice(0, i), kv.slice(i + 1));
         }
         return ok();
+      case "show-environment":
+        return ok([...this.environment].map(([k, v]) => `${k}=${v}\n`).join(""));
       case "unset-environment":
         for (const k of a.slice(1)) this.environment.delete(k);
         return ok();
