@@ -107,28 +107,70 @@ export function describeHolders(holders: GpuProcess[]): string {
   ).join("; ");
 }
 
+/** The PIDs in a unit's cgroup and below it (Podman puts a container's processes in a child). */
+export async function unitPids(
+  host: Host,
+  scope: string[],
+  unit: string,
+  cgroupRoot = "/sys/fs/cgroup",
+): Promise<Set<number> | string> {
+  const r = await host.run("systemctl", [...scope, "show", "-p", "ControlGroup", unit]);
+  const cg = r.code === 0 ? r.stdout.trim().replace(/^ControlGroup=/, "") : "";
+  if (!cg.startsWith("/")) return `systemd names no control group for ${unit}`;
+  // cgroup v2, then v1's systemd hierarchy.
+  for (const root of [cgroupRoot, `${cgroupRoot}/systemd`]) {
+    const pids = new Set<number>();
+    if (await collectPids(host, `${root}${cg}`, pids, 0)) return pids;
+  }
+  return `its control group ${cg} is not readable under ${cgroupRoot}`;
+}
+
+/** false: `dir` is not a cgroup (no cgroup.procs). A cgroup's children are its folders. */
+async function collectPids(
+  host: Host,
+  dir: string,
+  pids: Set<number>,
+  depth: number,
+): Promise<boolean> {
+  let procs: Uint8Array | null;
+  try {
+    procs = await host.readFile(`${dir}/cgroup.procs`);
+  } catch {
+    return false; // a file, not a folder
+  }
+  if (procs === null) return false;
+  for (const line of new TextDecoder().decode(procs).split("\n")) {
+    if (/^\d+$/.test(line.trim())) pids.add(Number(line.trim()));
+  }
+  if (depth < 4) {
+    for (const name of await host.listDir(dir)) {
+      await collectPids(host, `${dir}/${name}`, pids, depth + 1);
+    }
+  }
+  return true;
+}
+
 /**
- * MiB in use on `engine`'s NVIDIA GPUs (every GPU when it names none), or why not known. Read
- * from `nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits` ("0, 1234").
+ * MiB that a unit's processes hold on the GPUs, by PID (`nvidia-smi --query-compute-apps`), or
+ * why not known. Only its own processes: another workload on the GPU does not count.
  */
-export async function gpuMemoryUsed(host: Host, engine: Engine): Promise<number | string> {
+export async function unitGpuMemory(
+  host: Host,
+  scope: string[],
+  unit: string,
+): Promise<number | string> {
+  const pids = await unitPids(host, scope, unit);
+  if (typeof pids === "string") return pids;
   const r = await host.run("nvidia-smi", [
-    "--query-gpu=index,memory.used",
-    "--format=csv,noheader,nounits",
+    "--query-compute-apps=pid,process_name,used_gpu_memory",
+    "--format=csv",
   ]);
   if (r.code !== 0) return (unknown(r) as { why: string }).why;
-  const devices = engine.gpu.devices;
-  let sum = 0;
-  let seen = 0;
-  for (const line of r.stdout.split("\n")) {
-    const [index, used] = line.split(",").map((s) => s.trim());
-    if (!index || (devices.length > 0 && !devices.includes(index))) continue;
-    const mib = Number(used);
-    if (used === "" || !Number.isFinite(mib)) return `nvidia-smi says ${JSON.stringify(used)}`;
-    sum += mib;
-    seen++;
+  const mine = parseComputeApps(r.stdout).filter((p) => pids.has(p.pid));
+  if (mine.some((p) => p.usedMiB === null)) {
+    return "nvidia-smi does not say how much its processes hold ([N/A])";
   }
-  return seen > 0 ? sum : "nvidia-smi lists none of its GPUs";
+  return mine.reduce((sum, p) => sum + p.usedMiB!, 0);
 }
 
 export type Release =
@@ -140,19 +182,21 @@ export type Release =
 export const RELEASE_WAIT_MS = 2_000;
 
 /**
- * After an engine said it sleeps: did the memory on its GPUs go down? At least half of what was
- * in use before it slept must be free (a sleep gives back the weights and the KV cache, nearly
- * all of it: docs/warm-swaps.md, "Checking the sleep").
+ * After an engine said it sleeps: did its processes give their GPU memory back? At most half of
+ * what they held before it slept may remain (a sleep gives back the weights and the KV cache,
+ * nearly all of it; the CUDA context stays: docs/warm-swaps.md, "Checking the sleep").
  */
 export async function waitForRelease(
   host: Host,
-  engine: Engine,
+  scope: string[],
+  unit: string,
   beforeMiB: number,
   waitMs = RELEASE_WAIT_MS,
 ): Promise<Release> {
+  if (beforeMiB <= 0) return { state: "unknown", why: "nvidia-smi lists none of its processes" };
   const t0 = host.now();
   for (;;) {
-    const after = await gpuMemoryUsed(host, engine);
+    const after = await unitGpuMemory(host, scope, unit);
     if (typeof after === "string") return { state: "unknown", why: after };
     if (after <= beforeMiB / 2) return { state: "released", beforeMiB, afterMiB: after };
     if (host.now() - t0 >= waitMs) return { state: "held", beforeMiB, afterMiB: after };

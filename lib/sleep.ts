@@ -5,8 +5,8 @@
  */
 import type { Host } from "./host.ts";
 import { engineUrl, isAsleep } from "./readiness.ts";
-import { systemctl } from "./systemctl.ts";
-import { asleepMark, type Engine } from "./units/model.ts";
+import { showUnits, systemctl } from "./systemctl.ts";
+import { asleepMark, type Engine, soulstoneService } from "./units/model.ts";
 
 export type SleepResult = { ok: true } | { ok: false; reason: string };
 
@@ -144,5 +144,44 @@ export async function clearAsleepMarks(
 ): Promise<void> {
   if (engines.length > 0) {
     await systemctl(host, scope, "unset-environment", ...engines.map(asleepMark));
+  }
+}
+
+/**
+ * Make the marks match what runs, whatever a swap or stop did on the way (an early return, an
+ * error, Ctrl-C): an engine running asleep has its mark; one stopped, or running awake, has none.
+ * One between states (activating: maybe systemd's restart of one that crashed) is left as it is.
+ * Best effort: what fails here is left to the next swap.
+ */
+export async function reconcileMarks(
+  host: Host,
+  scope: string[],
+  sleepers: Engine[],
+): Promise<void> {
+  if (sleepers.length === 0) return;
+  try {
+    const states = await showUnits(
+      host,
+      scope,
+      sleepers.map((e) => soulstoneService(e.name)),
+      ["ActiveState"],
+    );
+    const set: string[] = [];
+    const unset: string[] = [];
+    for (const e of sleepers) {
+      const state = states[soulstoneService(e.name)]?.ActiveState;
+      if (state === "inactive" || state === "failed") unset.push(e.name);
+      else if (state === "active") {
+        const asleep = await isAsleep(host, e, scope);
+        if (asleep === true) set.push(e.name);
+        else if (asleep === false) unset.push(e.name);
+      }
+    }
+    if (set.length > 0) {
+      await systemctl(host, scope, "set-environment", ...set.map((n) => `${asleepMark(n)}=1`));
+    }
+    await clearAsleepMarks(host, scope, unset);
+  } catch {
+    // systemd unreachable: nothing to reconcile with.
   }
 }

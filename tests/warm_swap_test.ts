@@ -24,10 +24,12 @@ interface Options {
   failWake?: boolean;
   gpu?: string;
   /**
-   * nvidia-smi answers from a ledger: a process for every engine that runs (asleep or not), and
-   * in use on GPU 0 20000 MiB per engine awake, 600 per engine asleep (its CUDA context).
+   * nvidia-smi answers from a ledger: a process (PID 4000 + its index in ENGINES, in its unit's
+   * cgroup) for every engine that runs, 20000 MiB awake, 600 asleep (its CUDA context); and a
+   * process that is not lychd's, PID 9999, holding `foreignMiB` (default none).
    */
   smi?: boolean;
+  foreignMiB?: number;
   /** Hazard: this engine answers /sleep and says it sleeps, yet keeps its GPU memory. */
   keepsMemory?: string;
   /** alpha speaks SGLang's routes (sleep_api: sglang) rather than vLLM's. */
@@ -63,20 +65,30 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
   });
   assertEquals(code, 0, fs.host.stderr);
   const asleep = new Set<string>(asleepToo);
+  // Each engine's cgroup: conmon at its top, the engine's process in Podman's child cgroup.
+  for (const [i, e] of ENGINES.entries()) {
+    const cg = `/sys/fs/cgroup/app.slice/soulstone-${e}.service`;
+    fs.host.files.set(`${cg}/cgroup.procs`, {
+      data: new TextEncoder().encode(`${3000 + i}\n`),
+      mode: 0o644,
+    });
+    fs.host.files.set(`${cg}/container/cgroup.procs`, {
+      data: new TextEncoder().encode(`${4000 + i}\n`),
+      mode: 0o644,
+    });
+  }
   for (const e of [awake, ...asleepToo]) fs.activate(`soulstone-${e}.service`);
   // SGLang has no route that says it sleeps: lychd's mark does (as a swap would have set it).
   if (o.alphaSglang && asleepToo.includes("alpha")) fs.environment.set("LYCHD_ASLEEP_ALPHA", "1");
   const running = (e: string) => fs.state(`soulstone-${e}.service`).state === "active";
-  fs.extraPrograms = (program, args): RunResult | null => {
+  fs.extraPrograms = (program): RunResult | null => {
     if (program !== "nvidia-smi" || !o.smi) return null;
-    if (args[0] === "--query-gpu=index,memory.used") {
-      const used = ENGINES.filter(running).reduce(
-        (sum, e) => sum + (asleep.has(e) && e !== o.keepsMemory ? 600 : 20000),
-        0,
-      );
-      return { code: 0, stdout: `0, ${used}\n`, stderr: "" };
-    }
-    const apps = ENGINES.filter(running).map((_e, i) => `${4000 + i}, python3, 612 MiB`);
+    const apps = ENGINES.filter(running).map((e) =>
+      `${4000 + ENGINES.indexOf(e)}, python3, ${
+        asleep.has(e) && e !== o.keepsMemory ? 600 : 20000
+      } MiB`
+    );
+    if (o.foreignMiB) apps.push(`9999, python3, ${o.foreignMiB} MiB`);
     return {
       code: 0,
       stdout: `pid, process_name, used_gpu_memory [MiB]\n${apps.join("\n")}\n`,
@@ -157,7 +169,7 @@ Deno.test("warm swap on NVIDIA: engines asleep stay listed by nvidia-smi; the sw
   const { fs, asleep } = await warmHost("vllm", ["alpha"], { smi: true });
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
   assertDeep([...asleep], ["vllm"]);
-  assertMatch(fs.host.stderr, /GPU memory not checked with engines asleep/);
+  assertMatch(fs.host.stderr, /no GPU check before the start with engines asleep/);
 });
 
 Deno.test("warm swap on NVIDIA: an engine that says it sleeps but keeps its GPU memory is stopped", async () => {
@@ -168,13 +180,13 @@ Deno.test("warm swap on NVIDIA: an engine that says it sleeps but keeps its GPU 
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
   assertMatch(
     fs.host.stderr,
-    /vllm did not go to sleep \(it said so, but the memory in use on its GPUs went only from 20600 MiB to 20600 MiB\): stopping it/,
+    /vllm did not go to sleep \(it said so, but its processes still hold 20000 MiB on the GPU, of 20000 MiB before\): stopping it/,
   );
   assertDeep(ENGINES.filter(running), ["alpha"]);
   assertDeep([...asleep], []);
-  // The same swap with an engine that gives its memory back keeps it asleep (the ledger: 20600
-  // MiB in use before, 1200 after).
-  const ok = await warmHost("vllm", ["alpha"], { smi: true });
+  // The same swap with an engine that gives its memory back keeps it asleep (20000 MiB before,
+  // 600 after), though another workload holds 40000 MiB on the GPU the whole time.
+  const ok = await warmHost("vllm", ["alpha"], { smi: true, foreignMiB: 40000 });
   assertEquals(await swap(ok.fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, ok.fs.host.stderr);
   assertDeep([...ok.asleep], ["vllm"]);
   assert(!/did not go to sleep/.test(ok.fs.host.stderr), ok.fs.host.stderr);
@@ -278,15 +290,46 @@ Deno.test("SGLang's release refused (busy): the engine is stopped, its mark lift
   assertEquals(fs.environment.get("LYCHD_ASLEEP_ALPHA"), undefined);
 });
 
+Deno.test("marks match what runs after a swap that failed early, and after any swap", async () => {
+  // alpha crashed asleep (its restart skipped: inactive, marked); the cold swap to llama fails
+  // its GPU check (a process that is not lychd's), with no rollback: an early return.
+  const { fs } = await warmHost("vllm", [], { smi: true, foreignMiB: 40000 });
+  fs.environment.set("LYCHD_ASLEEP_ALPHA", "1");
+  const code = await swap(fs.host, { ...swapDefaults(SETUP, "llama"), rollback: false });
+  assertEquals(code, EXIT.NOT_SERVING, fs.host.stderr);
+  assertDeep([...fs.environment].filter(([, v]) => v !== ""), []);
+  // reconcileMarks on its own: one running asleep without its mark gets it (it slept under an
+  // older lychd, or someone unset it); one running awake loses it.
+  const { reconcileMarks } = await import("../lib/sleep.ts");
+  const { resolveConfig } = await import("../lib/config/load.ts");
+  const { resolveEngines } = await import("../lib/units/model.ts");
+  const w = await warmHost("alpha", ["vllm"], { gpu: "cpu" });
+  // alpha is the one awake: a mark on it would skip systemd's restart of the engine that serves.
+  w.fs.environment.set("LYCHD_ASLEEP_ALPHA", "1");
+  const text = new TextDecoder().decode(
+    (await w.fs.host.readFile("/home/ada/.config/lychd/lychd.yaml"))!,
+  );
+  const engines = resolveEngines(resolveConfig(text, "lychd.yaml", []).config);
+  await reconcileMarks(w.fs.host, ["--user"], engines.filter((e) => e.sleep !== null));
+  assertDeep([...w.fs.environment].filter(([, v]) => v !== ""), [["LYCHD_ASLEEP_VLLM", "1"]]);
+});
+
 Deno.test("status: the active engine is the one awake; one asleep says so", async () => {
   const { fs } = await warmHost("vllm", ["alpha"], { gpu: "cpu" });
+  // At level 1 the weights sit in host RAM: status says how much the unit holds.
+  fs.memoryCurrent.set("soulstone-alpha.service", 3 * 2 ** 30);
   await status(fs.host, { config: SETUP, json: false });
-  assertMatch(fs.host.stdout, /alpha\s+active \(asleep, level 1\)/);
+  assertMatch(fs.host.stdout, /alpha\s+active \(asleep, level 1\)\s*\n\s+host RAM held 3\.2 GB/);
   fs.host.stdout = "";
   await status(fs.host, { config: SETUP, json: true });
   const report = JSON.parse(fs.host.stdout);
   assertEquals(report.active, "vllm");
   assertDeep(report.engines.map((e: { asleep: number | null }) => e.asleep), [null, 1, null]);
+  assertDeep(report.engines.map((e: { memoryBytes: number | null }) => e.memoryBytes), [
+    null,
+    3 * 2 ** 30,
+    null,
+  ]);
 });
 
 Deno.test("the gate refuses the engines' control routes (403), from any client; others go through", async () => {

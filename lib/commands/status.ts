@@ -47,6 +47,11 @@ export interface StatusReport {
     subState: string;
     /** The level it sleeps at, when it runs asleep (docs/warm-swaps.md); else null. */
     asleep: number | null;
+    /**
+     * Host RAM its unit holds now (systemd's MemoryCurrent: at sleep level 1 the weights are in
+     * it); null when it does not run or systemd does not count it.
+     */
+    memoryBytes: number | null;
     boot: boolean;
     image: string;
     /** Whether the image is on this host (null: Podman did not answer), and its size in bytes. */
@@ -110,7 +115,11 @@ export async function status(host: Host, options: StatusOptions): Promise<number
     ...watchers.map((w) => w.unit),
     ...(config.gate.enabled ? [GATE_SERVICE] : []),
   ];
-  const props = await showUnits(host, loc.systemctlScope, units, ["ActiveState", "SubState"]);
+  const props = await showUnits(host, loc.systemctlScope, units, [
+    "ActiveState",
+    "SubState",
+    "MemoryCurrent",
+  ]);
   const state = (unit: string) => props[unit]?.ActiveState ?? "unknown";
   const running = engines.filter((e) =>
     ["active", "activating"].includes(state(soulstoneService(e.name)))
@@ -165,6 +174,7 @@ export async function status(host: Host, options: StatusOptions): Promise<number
         state: state(soulstoneService(e.name)),
         subState: props[soulstoneService(e.name)]?.SubState ?? "unknown",
         asleep: asleep.get(e.name) ?? null,
+        memoryBytes: running.includes(e) ? memoryCurrent(props[soulstoneService(e.name)]) : null,
         boot: e.name === config.active,
         image: e.image,
         imagePresent: present,
@@ -240,6 +250,7 @@ function describe(r: StatusReport): string {
       `    ${e.name.padEnd(10)} ${
         `${e.state} (${e.asleep === null ? e.subState : `asleep, level ${e.asleep}`})`.padEnd(22)
       } ${e.boot ? "starts at boot" : ""}`,
+      ...(e.memoryBytes === null ? [] : [`      host RAM held ${formatBytes(e.memoryBytes)}`]),
       `      image ${e.image} [${have(e.imagePresent, e.imageBytes)}]`,
       `      model ${e.model ?? "-"} [${
         e.model ? have(e.modelPresent, e.modelBytes, e.modelUnknown) : "-"
@@ -277,4 +288,10 @@ function describe(r: StatusReport): string {
     );
   }
   return lines.join("\n") + "\n";
+}
+
+/** systemd's MemoryCurrent in bytes; null for "[not set]" or its "infinity" (2^64 - 1). */
+function memoryCurrent(props: Record<string, string> | undefined): number | null {
+  const v = props?.MemoryCurrent ?? "";
+  return /^\d+$/.test(v) && v !== "18446744073709551615" ? Number(v) : null;
 }

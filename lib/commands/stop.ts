@@ -5,7 +5,7 @@ import type { Host } from "../host.ts";
 import { lychdLine, openSetup } from "../setup.ts";
 import { controlFolder, GateClient } from "../gate/control.ts";
 import { systemctl } from "../systemctl.ts";
-import { clearAsleepMarks } from "../sleep.ts";
+import { reconcileMarks } from "../sleep.ts";
 import { GATE_SERVICE, resolveEngines, soulstoneService } from "../units/model.ts";
 
 export interface StopOptions {
@@ -34,16 +34,17 @@ export async function stop(host: Host, options: StopOptions): Promise<number> {
   );
   try {
     await systemctl(host, loc.systemctlScope, "stop", ...units);
-    // Stopped, none is asleep: a start by hand must not be skipped (docs/warm-swaps.md).
-    await clearAsleepMarks(
-      host,
-      loc.systemctlScope,
-      resolveEngines(config).filter((e) => e.sleep !== null).map((e) => e.name),
-    );
   } catch (e) {
     // Whatever still runs is served again.
     await gate?.recover(null);
     throw e;
+  } finally {
+    // Stopped, none is asleep: a start by hand must not be skipped (docs/warm-swaps.md).
+    await reconcileMarks(
+      host,
+      loc.systemctlScope,
+      resolveEngines(config).filter((e) => e.sleep !== null),
+    );
   }
   host.out(`Stopped ${options.all ? "every lychd unit" : "the engine"}: ${units.join(" ")}\n`);
   if (!options.all) {

@@ -16,7 +16,14 @@ import { imageExists, modelLocation } from "../images.ts";
 import { installUnits, withLock } from "../install.ts";
 import { withoutInstall } from "../apply.ts";
 import { BASE_URL, engineUrl, isAsleep, type Probe, probe, warmUp } from "../readiness.ts";
-import { clearAsleepMarks, markAsleep, putToSleep, wake, whyNotSleep } from "../sleep.ts";
+import {
+  clearAsleepMarks,
+  markAsleep,
+  putToSleep,
+  reconcileMarks,
+  wake,
+  whyNotSleep,
+} from "../sleep.ts";
 import { lychdLine, openSetup, type Setup } from "../setup.ts";
 import {
   journalTail,
@@ -27,7 +34,7 @@ import {
   type UnitProps,
 } from "../systemctl.ts";
 import { printable } from "../text.ts";
-import { describeHolders, gpuMemoryUsed, waitForGpuMemory, waitForRelease } from "../gpu.ts";
+import { describeHolders, unitGpuMemory, waitForGpuMemory, waitForRelease } from "../gpu.ts";
 import { controlFolder, GateClient, type GateControl } from "../gate/control.ts";
 import type { SwapRecord } from "../gate/proxy.ts";
 import type { LychdConfig } from "../config/types.ts";
@@ -149,6 +156,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   }
 
   const progress = new Progress(host, target.name);
+  const sleepers = engines.filter((e) => e.sleep !== null);
   let gate: HeldAtGate | null = null;
   // Interrupted (Ctrl-C, SIGTERM): say what state the host is in; exiting drops the lock. Behind
   // the gate, the held requests go to the target as soon as it serves (systemd goes on starting
@@ -157,17 +165,25 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     ? () => {}
     : host.onInterrupt(async (signal) => {
       progress.done();
+      // Between engines that sleep nothing goes on in the background: systemd wakes nobody.
+      const warm = previous?.sleep && target.sleep;
       host.err(
         `\nlychd swap interrupted (${signal}) while: ${progress.current() || "preparing"}.\n` +
-          `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
-          `in the background${previous ? ` (${previous.name} was stopped)` : ""}${
-            gate ? `; the gate holds requests until it serves` : ""
-          }. ` +
+          (warm
+            ? `${target.name} is the boot engine now; ${previous.name} may be asleep and ` +
+              `${target.name} not yet awake (systemd wakes no engine): \`${
+                lychdLine(setup, `swap ${target.name}`)
+              }\` finishes the swap${gate ? `; the gate holds requests until one serves` : ""}. `
+            : `${target.name} is the boot engine now; systemd keeps starting soulstone-${target.name}.service ` +
+              `in the background${previous ? ` (${previous.name} was stopped)` : ""}${
+                gate ? `; the gate holds requests until it serves` : ""
+              }. `) +
           `See \`${lychdLine(setup, "status")}\`${
             previous ? `; go back with \`${lychdLine(setup, `swap ${previous.name}`)}\`` : ""
           }.\n`,
       );
       await gate?.client.recover(target.name);
+      await reconcileMarks(host, setup.loc.systemctlScope, sleepers);
       return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
     });
   gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
@@ -191,6 +207,8 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     throw e;
   } finally {
     stopListening();
+    // Marks as what runs: set for each engine asleep, lifted for the rest (docs/warm-swaps.md).
+    await reconcileMarks(host, setup.loc.systemctlScope, sleepers);
   }
 }
 
@@ -527,7 +545,7 @@ async function switchTo(
   const warm = previous !== null && previous.sleep !== null && engine.sleep !== null;
   // What the engine going to sleep holds on its GPUs, read now so the pause does not wait for it.
   const usedBefore = warm && checkGpu && previous!.gpu.vendor === "nvidia"
-    ? gpuMemoryUsed(host, previous!)
+    ? unitGpuMemory(host, scope, soulstoneService(previous!.name))
     : null;
   const asleep = engine.sleep !== null && !restart &&
     (await isAsleep(host, engine, scope)) === true;
@@ -552,7 +570,9 @@ async function switchTo(
   const nvidia = checkGpu && engine.gpu.vendor === "nvidia";
   const gpuCheck = nvidia && !sleepersBeside && !asleep;
   if (nvidia && !gpuCheck) {
-    progress.note("GPU memory not checked with engines asleep (nvidia-smi lists them too)");
+    progress.note(
+      "no GPU check before the start with engines asleep (nvidia-smi lists them too)",
+    );
   }
   if (checkGpu && engine.gpu.vendor === "amd") {
     // No captured output of the ROCm tools to build a parser on: say so rather than guess.
@@ -579,7 +599,7 @@ async function switchTo(
       await markAsleep(host, scope, previous!.name);
       const sleep = await putToSleep(host, previous!, previous!.settings.stopTimeoutSec * 1000);
       const notSlept = sleep.ok
-        ? await memoryNotReleased(host, previous!, usedBefore, progress)
+        ? await memoryNotReleased(host, scope, previous!, usedBefore, progress)
         : sleep.reason;
       if (notSlept === null) {
         slept = true;
@@ -786,6 +806,7 @@ async function switchTo(
  */
 async function memoryNotReleased(
   host: Host,
+  scope: string[],
   engine: Engine,
   usedBefore: Promise<number | string> | null,
   progress: Progress,
@@ -794,14 +815,14 @@ async function memoryNotReleased(
   const before = await usedBefore;
   const release = typeof before === "string"
     ? { state: "unknown" as const, why: before }
-    : await waitForRelease(host, engine, before);
+    : await waitForRelease(host, scope, soulstoneService(engine.name), before);
   if (release.state === "unknown") {
     progress.note(`GPU memory after the sleep not checked: ${release.why}`);
     return null;
   }
   if (release.state === "released") return null;
-  return `it said so, but the memory in use on its GPUs went only from ${release.beforeMiB} ` +
-    `MiB to ${release.afterMiB} MiB`;
+  return `it said so, but its processes still hold ${release.afterMiB} MiB on the GPU, of ` +
+    `${release.beforeMiB} MiB before`;
 }
 
 /** The engines that run beside `target` now, and whether each one's unit changed since it started. */

@@ -51,14 +51,14 @@ export class FakeHost implements Host {
     return Promise.resolve();
   }
 
+  /** Files and links directly in `path`, and its folders (those that hold any file). */
   listDir(path: string) {
     const prefix = `${path}/`;
-    return Promise.resolve(
-      [...this.files.keys(), ...this.links.keys()].filter((p) =>
-        p.startsWith(prefix) && !p.slice(prefix.length).includes("/")
-      )
-        .map((p) => p.slice(prefix.length)),
+    const names = new Set(
+      [...this.files.keys(), ...this.links.keys()].filter((p) => p.startsWith(prefix))
+        .map((p) => p.slice(prefix.length).split("/")[0]),
     );
+    return Promise.resolve([...names]);
   }
 
   removeTree(path: string) {

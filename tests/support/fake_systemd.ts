@@ -327,6 +327,9 @@ export class FakeSystemd {
     }
   }
 
+  /** Host RAM a running unit holds (MemoryCurrent); "[not set]" where absent. */
+  memoryCurrent = new Map<string, number>();
+
   /** Starts skipped by a failed ExecCondition=. */
   skippedStarts: string[] = [];
 
@@ -355,6 +358,10 @@ export class FakeSystemd {
       ExecMainStatus: u.execMainStatus,
       // A plain unit's [Install] link (the gate's); Quadlet units are generated, never enabled.
       UnitFileState: this.enabled.has(name) ? "enabled" : "disabled",
+      ControlGroup: `/app.slice/${name}`,
+      MemoryCurrent: u.state === "active"
+        ? String(this.memoryCurrent.get(name) ?? "[not set]")
+        : "[not set]",
     };
     return props.map((p) => `${p}=${values[p] ?? ""}`).join("\n");
   }
