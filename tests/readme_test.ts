@@ -31,3 +31,39 @@ Deno.test("README's exit-code table is lib/exit.ts's, row for row", async () => 
     `README ${JSON.stringify(rows)} vs lib/exit.ts`,
   );
 });
+
+Deno.test("README's permission table is deno.json's default set, entry for entry", async () => {
+  const denoJson = JSON.parse(
+    await Deno.readTextFile(new URL("../deno.json", import.meta.url)),
+  );
+  const set = denoJson.permissions.default;
+  const section = README.slice(
+    README.indexOf("## Permissions"),
+    README.indexOf("## Troubleshooting"),
+  );
+  // Each row: its permission names, and the `values` of its "allowed" cell.
+  const listed = new Map<string, Set<string>>();
+  for (const m of section.matchAll(/^\| ([a-z, ]+?) +\| ([^|]*)\|/gm)) {
+    const values = [...m[2].matchAll(/`([^`]+)`/g)].map((v) => v[1]);
+    for (const name of m[1].split(",").map((n) => n.trim())) {
+      listed.set(name, new Set([...(listed.get(name) ?? []), ...values]));
+    }
+  }
+  const expected: Record<string, string[]> = {
+    read: set.read,
+    write: set.write,
+    run: set.run,
+    net: set.net,
+    env: set.env.allow,
+    sys: set.sys,
+  };
+  for (const [name, values] of Object.entries(expected)) {
+    assert(
+      JSON.stringify([...(listed.get(name) ?? [])].sort()) === JSON.stringify([...values].sort()),
+      `README's ${name}: ${JSON.stringify([...(listed.get(name) ?? [])])}, deno.json: ${
+        JSON.stringify(values)
+      }`,
+    );
+  }
+  assert(set.ffi === false && set.import === false && listed.has("ffi"), "ffi and import: none");
+});
