@@ -107,47 +107,42 @@ export function describeHolders(holders: GpuProcess[]): string {
   ).join("; ");
 }
 
-/** The PIDs in a unit's cgroup and below it (Podman puts a container's processes in a child). */
+/**
+ * The PIDs in a unit's cgroup and below it (Podman puts a container's processes in a child), as
+ * `systemctl status` lists them under "CGroup:". Not read from /sys/fs/cgroup: Deno lets a
+ * program read under /sys only with every permission granted (denoland/deno#27564).
+ */
 export async function unitPids(
   host: Host,
   scope: string[],
   unit: string,
-  cgroupRoot = "/sys/fs/cgroup",
 ): Promise<Set<number> | string> {
-  const r = await host.run("systemctl", [...scope, "show", "-p", "ControlGroup", unit]);
-  const cg = r.code === 0 ? r.stdout.trim().replace(/^ControlGroup=/, "") : "";
-  if (!cg.startsWith("/")) return `systemd names no control group for ${unit}`;
-  // cgroup v2, then v1's systemd hierarchy.
-  for (const root of [cgroupRoot, `${cgroupRoot}/systemd`]) {
-    const pids = new Set<number>();
-    if (await collectPids(host, `${root}${cg}`, pids, 0)) return pids;
-  }
-  return `its control group ${cg} is not readable under ${cgroupRoot}`;
+  const r = await host.run("systemctl", [
+    ...scope,
+    "status",
+    "--no-pager",
+    "--full",
+    "--lines=0",
+    unit,
+  ]);
+  return parseStatusPids(r.stdout) ?? `systemctl status lists no control group for ${unit}`;
 }
 
-/** false: `dir` is not a cgroup (no cgroup.procs). A cgroup's children are its folders. */
-async function collectPids(
-  host: Host,
-  dir: string,
-  pids: Set<number>,
-  depth: number,
-): Promise<boolean> {
-  let procs: Uint8Array | null;
-  try {
-    procs = await host.readFile(`${dir}/cgroup.procs`);
-  } catch {
-    return false; // a file, not a folder
+/**
+ * The PIDs of `systemctl status`'s "CGroup:" tree (lines such as `│ └─ 4000 python3 ...`); null
+ * when it shows no tree. The tree ends at the first line that is not indented.
+ */
+export function parseStatusPids(status: string): Set<number> | null {
+  const lines = status.split("\n");
+  const at = lines.findIndex((l) => /^\s*CGroup: /.test(l));
+  if (at < 0) return null;
+  const pids = new Set<number>();
+  for (const line of lines.slice(at + 1)) {
+    if (!/^\s/.test(line)) break;
+    const m = line.match(/^[\s│├└─]*(\d+) /);
+    if (m) pids.add(Number(m[1]));
   }
-  if (procs === null) return false;
-  for (const line of new TextDecoder().decode(procs).split("\n")) {
-    if (/^\d+$/.test(line.trim())) pids.add(Number(line.trim()));
-  }
-  if (depth < 4) {
-    for (const name of await host.listDir(dir)) {
-      await collectPids(host, `${dir}/${name}`, pids, depth + 1);
-    }
-  }
-  return true;
+  return pids;
 }
 
 /**

@@ -50,6 +50,10 @@ export async function probe(
   scope?: string[],
 ): Promise<Probe> {
   const base = engineUrl(target);
+  // SGLang released is not asked anything: its /health may run a generation (docs/engines.md).
+  if (target.sleep?.api === "sglang" && (await isAsleep(host, target, scope)) === true) {
+    return { state: "asleep", detail: "asleep (lychd's mark)", models: [] };
+  }
   const health = await host.httpGet(`${base}${target.healthPath}`, timeoutMs);
   if ("error" in health) {
     return {

@@ -21,6 +21,7 @@ import {
   type Mode,
   modeOf,
   openTarget,
+  ROOT,
   startLoad,
   type Target,
   writeConfig,
@@ -232,6 +233,52 @@ async function warmSwaps(t: Deno.TestContext, mode: Mode) {
         // gate drains the engine before it is put to sleep.
         assert(!/crash on \/sleep/.test(j.stdout), `${e} was put to sleep while busy`);
       }
+    });
+
+    await t.step({
+      name: "the PIDs a sleep's GPU check counts are the engine container's (systemctl status)",
+      ignore: !system,
+      fn: async () => {
+        const script = `${ROOT}/tests/support/unit_pids_main.ts`;
+        const argv = target.lychdCommand("soulstone-vllm.service").map((a) =>
+          a === `${ROOT}/main.ts` ? script : a
+        );
+        if (!argv.includes(script)) return; // a compiled binary: no script to run beside it
+        const found = await target.run(argv);
+        assertEquals(found.code, 0, found.stderr);
+        const pids: number[] = JSON.parse(found.stdout);
+        const status = await target.run([
+          "systemctl",
+          "status",
+          "--no-pager",
+          "--full",
+          "--lines=0",
+          "soulstone-vllm.service",
+        ]);
+        console.log(`  systemctl status (verbatim):\n${status.stdout}`);
+        // The engine's own process (Podman's view, host PID) and conmon (systemd's MainPID).
+        const inspect = await target.run([
+          "podman",
+          "inspect",
+          "--format",
+          "{{.State.Pid}}",
+          "soulstone-vllm",
+        ]);
+        assertEquals(inspect.code, 0, inspect.stderr);
+        const main = await target.run([
+          "systemctl",
+          "show",
+          "-p",
+          "MainPID",
+          "--value",
+          "soulstone-vllm.service",
+        ]);
+        const expected = [Number(inspect.stdout.trim()), Number(main.stdout.trim())];
+        console.log(`  unitPids: ${JSON.stringify(pids)}; engine and conmon: ${expected}`);
+        for (const pid of expected) {
+          assert(pid > 0 && pids.includes(pid), `${pid} missing from ${JSON.stringify(pids)}`);
+        }
+      },
     });
 
     // System mode only: the same unit line and `systemctl --user set-environment` passed in user

@@ -145,8 +145,13 @@ Deno.test("sleep through SGLang's routes: release and resume; the probe goes by 
   const s = await standIn(1, flags, { VLLM_SERVER_DEV_MODE: "0" }, "sglang");
   // The mark, as `systemctl show-environment` prints it.
   let marked = false;
+  const asked: string[] = [];
   const host = {
     ...denoHost,
+    httpGet: (url: string, ms: number) => {
+      asked.push(new URL(url).pathname);
+      return denoHost.httpGet(url, ms);
+    },
     run: (program: string, args: string[]) =>
       Promise.resolve(
         program === "systemctl" && args.at(-1) === "show-environment"
@@ -158,7 +163,10 @@ Deno.test("sleep through SGLang's routes: release and resume; the probe goes by 
     assertEquals((await probe(host, s.engine, 2000, ["--user"])).state, "ready");
     marked = true;
     assertDeep(await putToSleep(host, s.engine, 5000), { ok: true });
+    asked.length = 0;
     assertEquals((await probe(host, s.engine, 2000, ["--user"])).state, "asleep");
+    // Marked, it is not asked anything: SGLang's /health may run a generation.
+    assertDeep(asked, []);
     // Without a scope the mark cannot be read: never "ready".
     assertEquals((await probe(host, s.engine)).state, "loading");
     const refused = await s.chat();

@@ -65,17 +65,9 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
   });
   assertEquals(code, 0, fs.host.stderr);
   const asleep = new Set<string>(asleepToo);
-  // Each engine's cgroup: conmon at its top, the engine's process in Podman's child cgroup.
+  // Each engine's processes, as systemctl status lists them: conmon and the engine.
   for (const [i, e] of ENGINES.entries()) {
-    const cg = `/sys/fs/cgroup/app.slice/soulstone-${e}.service`;
-    fs.host.files.set(`${cg}/cgroup.procs`, {
-      data: new TextEncoder().encode(`${3000 + i}\n`),
-      mode: 0o644,
-    });
-    fs.host.files.set(`${cg}/container/cgroup.procs`, {
-      data: new TextEncoder().encode(`${4000 + i}\n`),
-      mode: 0o644,
-    });
+    fs.unitPids.set(`soulstone-${e}.service`, { conmon: 3000 + i, engine: [4000 + i] });
   }
   for (const e of [awake, ...asleepToo]) fs.activate(`soulstone-${e}.service`);
   // SGLang has no route that says it sleeps: lychd's mark does (as a swap would have set it).
@@ -260,9 +252,19 @@ Deno.test("warm swap with an engine that speaks SGLang's routes: resumed, releas
     paths.push(`${new URL(url).port}${new URL(url).pathname}`);
     return http(url);
   };
+  fs.host.calls = [];
+  const http2 = fs.http;
+  fs.http = (url: string) => {
+    fs.host.calls.push(`http ${url}`);
+    return http2(url);
+  };
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
   assertDeep([...asleep], ["vllm"]);
   assert(paths.includes("18083/resume_memory_occupation"), paths.join(" "));
+  // Its mark goes only once it answered the resume: cut off before, it must still read asleep.
+  const resumed = fs.host.calls.findIndex((c) => c.includes("/resume_memory_occupation"));
+  const lifted = fs.host.calls.findIndex((c) => /unset-environment .*LYCHD_ASLEEP_ALPHA/.test(c));
+  assert(resumed >= 0 && lifted > resumed, fs.host.calls.join("\n"));
   assertMatch(fs.host.stdout, /alpha ready in .*woken/);
   await status(fs.host, { config: SETUP, json: false });
   assertMatch(fs.host.stdout, /vllm\s+active \(asleep, level 1\)/);
@@ -319,7 +321,10 @@ Deno.test("status: the active engine is the one awake; one asleep says so", asyn
   // At level 1 the weights sit in host RAM: status says how much the unit holds.
   fs.memoryCurrent.set("soulstone-alpha.service", 3 * 2 ** 30);
   await status(fs.host, { config: SETUP, json: false });
-  assertMatch(fs.host.stdout, /alpha\s+active \(asleep, level 1\)\s*\n\s+host RAM held 3\.2 GB/);
+  assertMatch(
+    fs.host.stdout,
+    /alpha\s+active \(asleep, level 1\)\s*\n\s+memory 3\.2 GB \(its unit's, page cache included\)/,
+  );
   fs.host.stdout = "";
   await status(fs.host, { config: SETUP, json: true });
   const report = JSON.parse(fs.host.stdout);

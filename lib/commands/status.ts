@@ -48,8 +48,9 @@ export interface StatusReport {
     /** The level it sleeps at, when it runs asleep (docs/warm-swaps.md); else null. */
     asleep: number | null;
     /**
-     * Host RAM its unit holds now (systemd's MemoryCurrent: at sleep level 1 the weights are in
-     * it); null when it does not run or systemd does not count it.
+     * Host memory charged to its unit now (systemd's MemoryCurrent: at sleep level 1 the weights
+     * are in it, and so is the page cache of what it read); null when it does not run or systemd
+     * does not count it.
      */
     memoryBytes: number | null;
     boot: boolean;
@@ -250,7 +251,9 @@ function describe(r: StatusReport): string {
       `    ${e.name.padEnd(10)} ${
         `${e.state} (${e.asleep === null ? e.subState : `asleep, level ${e.asleep}`})`.padEnd(22)
       } ${e.boot ? "starts at boot" : ""}`,
-      ...(e.memoryBytes === null ? [] : [`      host RAM held ${formatBytes(e.memoryBytes)}`]),
+      ...(e.memoryBytes === null
+        ? []
+        : [`      memory ${formatBytes(e.memoryBytes)} (its unit's, page cache included)`]),
       `      image ${e.image} [${have(e.imagePresent, e.imageBytes)}]`,
       `      model ${e.model ?? "-"} [${
         e.model ? have(e.modelPresent, e.modelBytes, e.modelUnknown) : "-"

@@ -151,6 +151,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     const p = await probe(host, target, 2000, scope);
     if (p.state === "ready") {
       host.out(`${target.name} is already active and healthy (${p.detail}); nothing to do.\n`);
+      await reconcileMarks(host, scope, engines.filter((e) => e.sleep !== null));
       return EXIT.OK;
     }
   }
@@ -183,7 +184,8 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
           }.\n`,
       );
       await gate?.client.recover(target.name);
-      await reconcileMarks(host, setup.loc.systemctlScope, sleepers);
+      // Marks are not touched here: the swap's step in flight goes on meanwhile, and a mark set
+      // by what it sees half-way could outlive the wake. The next swap or stop makes them match.
       return signal === "SIGINT" ? EXIT.INTERRUPTED : EXIT.TERMINATED;
     });
   gate = await holdAtGate(host, loaded.config, setup, options, target, previous, progress);
@@ -635,7 +637,13 @@ async function switchTo(
         ...(slept ? [previous!.name] : []),
       ],
     );
-    await clearAsleepMarks(host, scope, sleepers.filter((n) => !staysAsleep.has(n)));
+    // A target asleep keeps its mark until it answered its wake: for SGLang the mark is all that
+    // says it is released, so a swap cut off before that must leave it marked.
+    await clearAsleepMarks(
+      host,
+      scope,
+      sleepers.filter((n) => !staysAsleep.has(n) && !(asleep && n === engine.name)),
+    );
     let woken = false;
     if (asleep) {
       const t = host.now();
@@ -646,6 +654,8 @@ async function switchTo(
         warmPhases.wake = (wokeAt - t) / 1000;
         progress.note(`${engine.name} awake`);
       } else progress.note(`${engine.name} did not wake (${w.reason}): restarting it`);
+      // Awake, or about to be restarted: either way its start must not be skipped.
+      await clearAsleepMarks(host, scope, [engine.name]);
     }
     if (!woken) {
       // Returns once the container runs; Conflicts= has stopped the previous engine before that.

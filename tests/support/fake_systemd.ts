@@ -252,6 +252,22 @@ export class FakeSystemd {
           this.environment.set(kv.slice(0, i), kv.slice(i + 1));
         }
         return ok();
+      case "status": {
+        // systemctl status's layout (systemd 252): a running unit's cgroup tree with its PIDs.
+        const name = a.at(-1)!;
+        const pids = this.unitPids.get(name);
+        if (this.state(name).state !== "active" || !pids) {
+          return { code: 3, stdout: `○ ${name}\n     Active: inactive (dead)\n`, stderr: "" };
+        }
+        return ok(
+          `● ${name} - fake\n     Active: active (running)\n     CGroup: /app.slice/${name}\n` +
+            `             ├─libpod-payload-0123\n` +
+            pids.engine.map((p, i, all) =>
+              `             │ ${i === all.length - 1 ? "└─" : "├─"}${p} python3 -m engine\n`
+            ).join("") +
+            `             └─runtime\n               └─${pids.conmon} /usr/bin/conmon --api-version 1\n`,
+        );
+      }
       case "show-environment":
         return ok([...this.environment].map(([k, v]) => `${k}=${v}\n`).join(""));
       case "unset-environment":
@@ -326,6 +342,9 @@ export class FakeSystemd {
         return { code: 1, stdout: "", stderr: `fake systemctl: ${a.join(" ")}` };
     }
   }
+
+  /** The processes `systemctl status` lists for a running unit: conmon and the engine's. */
+  unitPids = new Map<string, { conmon: number; engine: number[] }>();
 
   /** Host RAM a running unit holds (MemoryCurrent); "[not set]" where absent. */
   memoryCurrent = new Map<string, number>();
