@@ -47,7 +47,8 @@ edited since, are never overwritten without --force.
 
 Options:
   --dry-run      show every file as create / update (with a diff) / unchanged; write nothing
-  --force        replace files lychd did not write or that were edited
+  --force        replace files lychd did not write or that were edited; stop engines
+                 that run whose port the change moves (refused without it)
   --no-reload    do not run systemctl daemon-reload
   --pull         then fetch the images (lychd pull)
 

@@ -141,7 +141,7 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
   fs.host.calls = [];
   fs.host.stdout = "";
   fs.host.stderr = "";
-  return { fs, asleep, running };
+  return { fs, asleep, running, overrides };
 }
 
 const units = (calls: string[]) =>
@@ -314,6 +314,41 @@ Deno.test("marks match what runs after a swap that failed early, and after any s
   const engines = resolveEngines(resolveConfig(text, "lychd.yaml", []).config);
   await reconcileMarks(w.fs.host, ["--user"], engines.filter((e) => e.sleep !== null));
   assertDeep([...w.fs.environment].filter(([, v]) => v !== ""), [["LYCHD_ASLEEP_VLLM", "1"]]);
+});
+
+Deno.test("init that would move the port of an engine that runs: refused, nothing written; --force stops it", async () => {
+  const { fs, running, overrides } = await warmHost("vllm", ["alpha"], { gpu: "cpu" });
+  // Reordered, the two that sleep swap ports (18082 <-> 18083): the gate would send vllm's
+  // requests to alpha, asleep (a request to one asleep hangs).
+  const reordered = overrides.map((f) =>
+    f.path[0] === "engines" ? { ...f, value: ["alpha", "vllm", "llama"] } : f
+  );
+  const unit = "/home/ada/.config/containers/systemd/soulstone-vllm.container";
+  const before = new TextDecoder().decode((await fs.host.readFile(unit))!);
+  const options = { config: { ...SETUP, overrides: reordered }, dryRun: false, reload: true };
+  let refused = "";
+  try {
+    await init(fs.host, { ...options, force: false });
+  } catch (e) {
+    refused = (e as Error).message;
+  }
+  assertMatch(
+    refused,
+    /would move engines that run to other ports: alpha 18083 -> 18082, vllm 18082 -> 18083 .*Nothing was written/,
+  );
+  assertEquals(new TextDecoder().decode((await fs.host.readFile(unit))!), before);
+  assertDeep(ENGINES.filter(running), ["vllm", "alpha"]);
+  // --force: written, and both stopped rather than reached on the wrong port.
+  assertEquals(await init(fs.host, { ...options, force: true }), EXIT.OK, fs.host.stderr);
+  assertMatch(
+    fs.host.stdout,
+    /Stopped soulstone-alpha\.service soulstone-vllm\.service: alpha's port moved from 18083 to 18082, vllm's port moved from 18082 to 18083/,
+  );
+  assertDeep(ENGINES.filter(running), []);
+  assertMatch(
+    new TextDecoder().decode((await fs.host.readFile(unit))!),
+    /PublishPort=127\.0\.0\.1:18083:/,
+  );
 });
 
 Deno.test("status: the active engine is the one awake; one asleep says so", async () => {

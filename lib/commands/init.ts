@@ -7,6 +7,7 @@ import { loadConfig } from "../config/load.ts";
 import type { ConfigOptions } from "../config/types.ts";
 import { unifiedDiff } from "../diff.ts";
 import { EXIT } from "../exit.ts";
+import { LychdError } from "../errors.ts";
 import type { Host } from "../host.ts";
 import { imageExists } from "../images.ts";
 import { daemonReload, prepare, type Prepared, systemctlLine, withLock } from "../install.ts";
@@ -45,10 +46,13 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
   };
   if (options.dryRun) return dryRun(host, setup, await prepareHere());
   // The whole read-compare-write under the lock: a concurrent init or swap never interleaves.
+  let moved: MovedPort[] = [];
   const prepared = await withLock(host, setup.loc, async () => {
     const p = await prepareHere();
     const conflict = conflictError(p.changes);
     if (conflict) throw conflict;
+    moved = options.reload ? await movedPorts(host, setup, p.changes) : [];
+    if (moved.length > 0 && !options.force) throw movedError(setup, moved);
     if (options.reload && p.changes.some((c) => c.action === "remove" && isGateUnit(c.path))) {
       // gate: false now. Its [Install] link goes while systemctl can still read the unit.
       await host.run("systemctl", [...setup.loc.systemctlScope, "disable", "--now", GATE_SERVICE]);
@@ -93,6 +97,16 @@ export async function init(host: Host, options: InitOptions): Promise<number> {
     host.out("\nPulling the images (init --pull):\n");
     const { pullFor } = await import("../pull.ts");
     code = await pullFor(host, loc, loaded.config, [], false);
+  }
+  if (moved.length > 0) {
+    // --force: what runs on a port its unit no longer says is stopped, not reached wrongly.
+    const units = moved.map((m) => soulstoneService(m.engine));
+    await systemctl(host, loc.systemctlScope, "stop", ...units).catch(() => {});
+    host.out(
+      `Stopped ${units.join(" ")}: ${describeMoves(moved)}. \`${
+        lychdLine(setup, "swap ENGINE")
+      }\` starts the one to serve.\n`,
+    );
   }
   const running = await runningEngine(host, setup, loaded.config);
   await startWatchers(host, setup, prepared);
@@ -403,4 +417,60 @@ function summary(changes: Change[], future: boolean): string {
     future ? `${count("conflict")} ${verbs[4]}` : `${count("keep-edited")} ${verbs[4]}`,
   ];
   return parts.join(", ") + ".";
+}
+
+interface MovedPort {
+  engine: string;
+  from: number;
+  to: number;
+}
+
+/**
+ * Engines that run and whose published port the changes move (engines that sleep take the ports
+ * after the gate's engine port in the order of `engines:`: docs/warm-swaps.md). The gate reads the
+ * new ports when it restarts; the engines would go on listening on the old ones.
+ */
+async function movedPorts(host: Host, setup: Setup, changes: Change[]): Promise<MovedPort[]> {
+  const port = (text: string | null | undefined) =>
+    Number(text?.match(/^PublishPort=127\.0\.0\.1:(\d+):/m)?.[1] ?? NaN);
+  const candidates = changes.flatMap((c) => {
+    const engine = c.action === "update" ? c.path.match(/\/soulstone-(.+)\.container$/)?.[1] : null;
+    if (!engine) return [];
+    const [from, to] = [port(c.before), port(c.file?.content)];
+    return Number.isFinite(from) && Number.isFinite(to) && from !== to
+      ? [{ engine, from, to }]
+      : [];
+  });
+  if (candidates.length === 0) return [];
+  try {
+    const states = await showUnits(
+      host,
+      setup.loc.systemctlScope,
+      candidates.map((m) => soulstoneService(m.engine)),
+      ["ActiveState"],
+    );
+    return candidates.filter((m) =>
+      ["active", "activating", "reloading"].includes(
+        states[soulstoneService(m.engine)]?.ActiveState,
+      )
+    );
+  } catch (e) {
+    if (e instanceof SystemctlError) return [];
+    throw e;
+  }
+}
+
+function describeMoves(moved: MovedPort[]): string {
+  return moved.map((m) => `${m.engine}'s port moved from ${m.from} to ${m.to}`).join(", ");
+}
+
+function movedError(setup: Setup, moved: MovedPort[]): LychdError {
+  return new LychdError(
+    `lychd init would move engines that run to other ports: ${
+      moved.map((m) => `${m.engine} ${m.from} -> ${m.to}`).join(", ")
+    } (engines that sleep take the ports after gate.engine_port, in the order of engines:). The ` +
+      "gate would send their requests to ports where they do not listen. Nothing was written. " +
+      `Stop them first (\`${lychdLine(setup, "stop")}\`), or run again with --force: lychd then ` +
+      `stops them, and \`${lychdLine(setup, "swap ENGINE")}\` starts the one to serve.`,
+  );
 }
