@@ -1,7 +1,9 @@
 /**
  * Putting an engine that sleeps to sleep, and waking it (docs/warm-swaps.md; the routes and their
- * hazards: docs/engines.md, "Sleep and wake"). Only after the gate has drained it: vLLM aborts
- * what is in flight (or crashed, #45520), and answers a request sent while it sleeps with a hang.
+ * hazards: docs/engines.md, "Sleep and wake"), through vLLM's routes or SGLang's; and the marks
+ * that keep systemd from restarting one asleep awake. Only after the gate has drained it: vLLM
+ * aborts what is in flight (or crashed, #45520), SGLang's scheduler wants to be idle, and vLLM
+ * answers a request sent while it sleeps with a hang.
  */
 import type { Host } from "./host.ts";
 import { engineUrl, isAsleep } from "./readiness.ts";
@@ -136,7 +138,7 @@ export async function markAsleep(host: Host, scope: string[], engine: string): P
   await systemctl(host, scope, "set-environment", `${asleepMark(engine)}=1`);
 }
 
-/** Lift the mark: before an engine wakes or starts, and once one is stopped for good. */
+/** Lift the mark: once an engine answered its wake, before it starts, and once it is stopped. */
 export async function clearAsleepMarks(
   host: Host,
   scope: string[],
@@ -149,7 +151,7 @@ export async function clearAsleepMarks(
 
 /**
  * Make the marks match what runs, whatever a swap or stop did on the way (an early return, an
- * error, Ctrl-C): an engine running asleep has its mark; one stopped, or running awake, has none.
+ * error): an engine running asleep has its mark; one stopped, or running awake, has none.
  * One between states (activating: maybe systemd's restart of one that crashed) is left as it is.
  * Best effort: what fails here is left to the next swap.
  */

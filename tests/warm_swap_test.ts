@@ -351,6 +351,34 @@ Deno.test("init that would move the port of an engine that runs: refused, nothin
   );
 });
 
+Deno.test("init that turns the gate off while an engine runs behind it: refused (it would move to 8081)", async () => {
+  const { fs, overrides } = await warmHost("llama", [], { gpu: "cpu" });
+  let refused = "";
+  try {
+    await init(fs.host, {
+      config: {
+        ...SETUP,
+        overrides: [
+          ...overrides,
+          // Engines that sleep need the gate: those two are back to stopping.
+          ...["vllm", "alpha"].map((e) => ({
+            path: ["cartridges", e, "sleep"],
+            value: false,
+            flag: "test",
+          })),
+          { path: ["gate"], value: false, flag: "test" },
+        ],
+      },
+      dryRun: false,
+      reload: true,
+      force: false,
+    });
+  } catch (e) {
+    refused = (e as Error).message;
+  }
+  assertMatch(refused, /would move engines that run to other ports: llama 18081 -> 8081 \(gate, /);
+});
+
 Deno.test("status: the active engine is the one awake; one asleep says so", async () => {
   const { fs } = await warmHost("vllm", ["alpha"], { gpu: "cpu" });
   // At level 1 the weights sit in host RAM: status says how much the unit holds.

@@ -426,9 +426,10 @@ interface MovedPort {
 }
 
 /**
- * Engines that run and whose published port the changes move (engines that sleep take the ports
- * after the gate's engine port in the order of `engines:`: docs/warm-swaps.md). The gate reads the
- * new ports when it restarts; the engines would go on listening on the old ones.
+ * Engines that run and whose published port the changes move: `gate:` on or off, another
+ * `gate.engine_port`, or engines that sleep reordered (each takes a port after the engine port,
+ * in the order of `engines:`: docs/warm-swaps.md). The gate reads the new ports when it
+ * (re)starts; the engines would go on listening on the old ones.
  */
 async function movedPorts(host: Host, setup: Setup, changes: Change[]): Promise<MovedPort[]> {
   const port = (text: string | null | undefined) =>
@@ -468,8 +469,9 @@ function movedError(setup: Setup, moved: MovedPort[]): LychdError {
   return new LychdError(
     `lychd init would move engines that run to other ports: ${
       moved.map((m) => `${m.engine} ${m.from} -> ${m.to}`).join(", ")
-    } (engines that sleep take the ports after gate.engine_port, in the order of engines:). The ` +
-      "gate would send their requests to ports where they do not listen. Nothing was written. " +
+    } (gate, gate.engine_port, and for engines that sleep the order of engines:, decide the ` +
+      "ports). The gate would send their requests to ports where they do not listen. Nothing " +
+      "was written. " +
       `Stop them first (\`${lychdLine(setup, "stop")}\`), or run again with --force: lychd then ` +
       `stops them, and \`${lychdLine(setup, "swap ENGINE")}\` starts the one to serve.`,
   );
