@@ -185,7 +185,8 @@ cartridges:
         const since = Math.floor(Date.now() / 1000);
         const r = await load("http://127.0.0.1:8081/v1/chat/completions", MODELS);
         const n = (await swaps()) - before;
-        if (VERBOSE) console.log(await swapLines(since));
+        // A round with failures shows the gate's own account of its swaps, as --verbose does.
+        if (VERBOSE || r.failed > 0) console.log(await swapLines(since));
         lychdSwaps += n;
         all.lychd.push(r);
         console.log(`  ${line("lychd", r, `, ${n} swaps`)}`);
