@@ -5,7 +5,10 @@
 
 export type GpuVendor = "nvidia" | "amd" | "cpu";
 
-/** vLLM's /sleep, /wake_up and /is_sleeping (docs/engines.md, "Sleep and wake"). */
+/**
+ * The routes an engine that sleeps speaks (docs/engines.md, "Sleep and wake"): vLLM's /sleep,
+ * /wake_up and /is_sleeping, or SGLang's /release_memory_occupation and /resume_memory_occupation.
+ */
 export type SleepApi = "vllm" | "sglang";
 
 /**

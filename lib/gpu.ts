@@ -90,12 +90,14 @@ export async function waitForGpuMemory(
 }
 
 function unknown(r: { code: number; stdout: string; stderr: string }): GpuMemory {
-  return {
-    state: "unknown",
-    why: r.code === 127
-      ? "nvidia-smi is not installed"
-      : `nvidia-smi failed (exit ${r.code}: ${(r.stderr || r.stdout).trim().split("\n")[0]})`,
-  };
+  return { state: "unknown", why: smiFailure(r) };
+}
+
+/** Why nvidia-smi told nothing: not installed, or its first line of complaint. */
+function smiFailure(r: { code: number; stdout: string; stderr: string }): string {
+  return r.code === 127
+    ? "nvidia-smi is not installed"
+    : `nvidia-smi failed (exit ${r.code}: ${(r.stderr || r.stdout).trim().split("\n")[0]})`;
 }
 
 /** "PID 429 (python3) holds 19592 MiB" for each holder. */
@@ -160,7 +162,7 @@ export async function unitGpuMemory(
     "--query-compute-apps=pid,process_name,used_gpu_memory",
     "--format=csv",
   ]);
-  if (r.code !== 0) return (unknown(r) as { why: string }).why;
+  if (r.code !== 0) return smiFailure(r);
   const mine = parseComputeApps(r.stdout).filter((p) => pids.has(p.pid));
   if (mine.some((p) => p.usedMiB === null)) {
     return "nvidia-smi does not say how much its processes hold ([N/A])";

@@ -51,9 +51,9 @@ export async function probe(
 ): Promise<Probe> {
   const base = engineUrl(target);
   // SGLang released is not asked anything: its /health may run a generation (docs/engines.md).
-  if (target.sleep?.api === "sglang" && (await isAsleep(host, target, scope)) === true) {
-    return { state: "asleep", detail: "asleep (lychd's mark)", models: [] };
-  }
+  // Its mark is read once, here; vLLM is asked below, after /health.
+  const marked = target.sleep?.api === "sglang" ? await isAsleep(host, target, scope) : undefined;
+  if (marked === true) return { state: "asleep", detail: "asleep (lychd's mark)", models: [] };
   const health = await host.httpGet(`${base}${target.healthPath}`, timeoutMs);
   if ("error" in health) {
     return {
@@ -71,7 +71,7 @@ export async function probe(
   }
   if (target.sleep) {
     // vLLM answers /health and /v1/models asleep too; a request sent then may hang (vllm #45268).
-    const asleep = await isAsleep(host, target, scope, timeoutMs);
+    const asleep = marked !== undefined ? marked : await isAsleep(host, target, scope, timeoutMs);
     if (asleep !== false) {
       return {
         state: asleep ? "asleep" : "loading",

@@ -93,40 +93,42 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
     return stop(name);
   };
   // Every engine on its own port (the fake's own http serves one engine port): healthy as soon
-  // as it runs, its model listed, and vLLM's sleep routes for the two that sleep.
+  // as it runs, its model listed, and the sleep routes of the two that sleep: vLLM's, or for
+  // alpha with alphaSglang SGLang's (which has no /is_sleeping).
+  const ROUTES = {
+    vllm: { sleep: "/sleep", wake: "/wake_up", body: "" },
+    sglang: {
+      sleep: "/release_memory_occupation",
+      wake: "/resume_memory_occupation",
+      body: '{"success":true}',
+    },
+  };
   fs.http = (url: string): HttpResult => {
+    // Recorded with the programs run, in order: "http http://127.0.0.1:18083/sleep?level=1".
+    fs.host.calls.push(`http ${url}`);
     const u = new URL(url);
     const name = PORT[Number(u.port)];
     if (!name || !running(name)) return { error: "refused" };
-    if (name === "alpha" && o.alphaSglang) {
-      switch (u.pathname) {
-        case "/release_memory_occupation":
-          if (o.failSleep) return { status: 500, body: "the scheduler is not idle" };
-          asleep.add(name);
-          return { status: 200, body: '{"success":true}' };
-        case "/resume_memory_occupation":
-          if (o.failWake) return { status: 500, body: "boom" };
-          asleep.delete(name);
-          return { status: 200, body: '{"success":true}' };
-        case "/is_sleeping":
-        case "/sleep":
-        case "/wake_up":
-          return { status: 404, body: "" };
-      }
-    }
+    const api = name === "llama" ? null : name === "alpha" && o.alphaSglang ? "sglang" : "vllm";
+    const routes = api ? ROUTES[api] : null;
     switch (u.pathname) {
-      case "/is_sleeping":
-        return name === "llama"
-          ? { status: 404, body: "" }
-          : { status: 200, body: JSON.stringify({ is_sleeping: asleep.has(name) }) };
-      case "/sleep":
-        if (o.failSleep) return { status: 500, body: "boom" };
+      case routes?.sleep:
+        if (o.failSleep) return { status: 500, body: "boom (the scheduler is not idle)" };
         asleep.add(name);
-        return { status: 200, body: "" };
-      case "/wake_up":
+        return { status: 200, body: routes!.body };
+      case routes?.wake:
         if (o.failWake) return { status: 500, body: "boom" };
         asleep.delete(name);
-        return { status: 200, body: "" };
+        return { status: 200, body: routes!.body };
+      case "/is_sleeping":
+        return api === "vllm"
+          ? { status: 200, body: JSON.stringify({ is_sleeping: asleep.has(name) }) }
+          : { status: 404, body: "" };
+      case ROUTES.vllm.sleep:
+      case ROUTES.vllm.wake:
+      case ROUTES.sglang.sleep:
+      case ROUTES.sglang.wake:
+        return { status: 404, body: "" };
       case "/v1/models":
         return { status: 200, body: JSON.stringify({ data: [{ id: `org/${name}` }] }) };
       case "/v1/completions":
@@ -213,11 +215,6 @@ Deno.test("warm swap: a sleep and a wake that both fail end in a stop and a rest
 Deno.test("the marks that keep an engine asleep from a restart: set while it sleeps, gone once it wakes or stops", async () => {
   const { fs } = await warmHost("vllm", [], { gpu: "cpu" });
   const marks = () => [...fs.environment].filter(([, v]) => v !== "").map(([k]) => k);
-  const http = fs.http;
-  fs.http = (url: string) => {
-    fs.host.calls.push(`http ${url}`);
-    return http(url);
-  };
   // alpha is stopped: it starts, and vllm sleeps.
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
   assertDeep(marks(), ["LYCHD_ASLEEP_VLLM"]);
@@ -246,21 +243,10 @@ Deno.test("warm swap with an engine that speaks SGLang's routes: resumed, releas
     gpu: "cpu",
     alphaSglang: true,
   });
-  const http = fs.http;
-  const paths: string[] = [];
-  fs.http = (url: string) => {
-    paths.push(`${new URL(url).port}${new URL(url).pathname}`);
-    return http(url);
-  };
-  fs.host.calls = [];
-  const http2 = fs.http;
-  fs.http = (url: string) => {
-    fs.host.calls.push(`http ${url}`);
-    return http2(url);
-  };
+  const asked = (path: string) => fs.host.calls.some((c) => c.startsWith(`http ${path}`));
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "alpha")), EXIT.OK, fs.host.stderr);
   assertDeep([...asleep], ["vllm"]);
-  assert(paths.includes("18083/resume_memory_occupation"), paths.join(" "));
+  assert(asked("http://127.0.0.1:18083/resume_memory_occupation"), fs.host.calls.join("\n"));
   // Its mark goes only once it answered the resume: cut off before, it must still read asleep.
   const resumed = fs.host.calls.findIndex((c) => c.includes("/resume_memory_occupation"));
   const lifted = fs.host.calls.findIndex((c) => /unset-environment .*LYCHD_ASLEEP_ALPHA/.test(c));
@@ -271,7 +257,7 @@ Deno.test("warm swap with an engine that speaks SGLang's routes: resumed, releas
   // And back: alpha released, its mark set, so status and the next swap know it sleeps.
   assertEquals(await swap(fs.host, swapDefaults(SETUP, "vllm")), EXIT.OK, fs.host.stderr);
   assertDeep([...asleep], ["alpha"]);
-  assert(paths.includes("18083/release_memory_occupation"), paths.join(" "));
+  assert(asked("http://127.0.0.1:18083/release_memory_occupation"), fs.host.calls.join("\n"));
   assertEquals(fs.environment.get("LYCHD_ASLEEP_ALPHA"), "1");
   fs.host.stdout = "";
   await status(fs.host, { config: SETUP, json: false });

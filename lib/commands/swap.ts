@@ -124,6 +124,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     RUNNING.includes(states[soulstoneService(e.name)]?.ActiveState)
   );
   // Engines asleep run too (docs/warm-swaps.md): the one swapped away from is the one awake.
+  const sleepers = engines.filter((e) => e.sleep !== null);
   const asleep = new Set<string>();
   for (const e of running) {
     if (e.sleep && (await isAsleep(host, e, scope)) === true) asleep.add(e.name);
@@ -151,13 +152,12 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
     const p = await probe(host, target, 2000, scope);
     if (p.state === "ready") {
       host.out(`${target.name} is already active and healthy (${p.detail}); nothing to do.\n`);
-      await reconcileMarks(host, scope, engines.filter((e) => e.sleep !== null));
+      await reconcileMarks(host, scope, sleepers);
       return EXIT.OK;
     }
   }
 
   const progress = new Progress(host, target.name);
-  const sleepers = engines.filter((e) => e.sleep !== null);
   let gate: HeldAtGate | null = null;
   // Interrupted (Ctrl-C, SIGTERM): say what state the host is in; exiting drops the lock. Behind
   // the gate, the held requests go to the target as soon as it serves (systemd goes on starting
@@ -210,7 +210,7 @@ async function swapLocked(host: Host, setup: Setup, options: SwapOptions): Promi
   } finally {
     stopListening();
     // Marks as what runs: set for each engine asleep, lifted for the rest (docs/warm-swaps.md).
-    await reconcileMarks(host, setup.loc.systemctlScope, sleepers);
+    await reconcileMarks(host, scope, sleepers);
   }
 }
 
@@ -562,9 +562,9 @@ async function switchTo(
       : `${asleep ? "waking" : "starting"} ${engine.name}`,
   );
   const before = (await showUnits(host, scope, [service], ["NRestarts"]))[service];
-  const beside = await runningBeside(host, setup, text, engine);
-  const sleepers = resolveEngines(resolveConfig(text, setup.configPath, []).config)
-    .filter((e) => e.sleep !== null).map((e) => e.name);
+  const all = resolveEngines(resolveConfig(text, setup.configPath, []).config);
+  const beside = await runningBeside(host, setup, all, engine);
+  const sleepers = all.filter((e) => e.sleep !== null).map((e) => e.name);
   // nvidia-smi lists an engine asleep too (it keeps its CUDA context), and the check wants no
   // process on the GPU at all: with engines that sleep running beside one that sleeps, it is
   // /is_sleeping that says the memory was given back.
@@ -839,11 +839,10 @@ async function memoryNotReleased(
 async function runningBeside(
   host: Host,
   setup: Setup,
-  text: string,
+  engines: Engine[],
   target: Engine,
 ): Promise<{ engine: Engine; stale: boolean }[]> {
-  const { config } = resolveConfig(text, setup.configPath, []);
-  const others = resolveEngines(config).filter((e) => e.name !== target.name);
+  const others = engines.filter((e) => e.name !== target.name);
   const states = await showUnits(
     host,
     setup.loc.systemctlScope,

@@ -11,7 +11,8 @@ import type { ConfigOptions } from "../config/types.ts";
 import { EXIT } from "../exit.ts";
 import type { Host } from "../host.ts";
 import type { Locations } from "../paths.ts";
-import { asleepMark, GATE_SERVICE, GRAFANA_ADMIN_SECRET } from "../units/model.ts";
+import { GATE_SERVICE, GRAFANA_ADMIN_SECRET } from "../units/model.ts";
+import { clearAsleepMarks } from "../sleep.ts";
 import { daemonReload, systemctlLine, withLock } from "../install.ts";
 import { openSetup } from "../setup.ts";
 import { SystemctlError } from "../systemctl.ts";
@@ -98,15 +99,9 @@ export async function uninstall(host: Host, options: UninstallOptions): Promise<
         );
       }
       // The marks of engines that slept (docs/warm-swaps.md) go too; unsetting one never set is
-      // no error.
+      // no error, and one that fails is not worth stopping the uninstall for.
       const engines = units.flatMap((u) => u.match(/^soulstone-(.+)\.service$/)?.slice(1) ?? []);
-      if (engines.length) {
-        await host.run("systemctl", [
-          ...loc.systemctlScope,
-          "unset-environment",
-          ...engines.map(asleepMark),
-        ]);
-      }
+      await clearAsleepMarks(host, loc.systemctlScope, engines).catch(() => {});
     }
     for (const p of remove) {
       await host.remove(p);

@@ -204,7 +204,8 @@ class Validator {
       } else if (!builtin && config.cartridges[name].sleepApi === null) {
         this.fail(
           path,
-          `custom engine "${name}" needs sleep_api: vllm or sglang beside sleep (the routes it speaks)`,
+          `custom engine "${name}" needs sleep_api: vllm or sglang beside sleep (the routes ` +
+            "it speaks)",
         );
       } else if (!config.gate.enabled) {
         this.fail(
