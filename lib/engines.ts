@@ -33,6 +33,19 @@ export const SLEEP_LEVELS: Record<SleepApi, { levels: (1 | 2)[]; why: string }> 
   },
 };
 
+/**
+ * Where an engine's container listens (docs/engines.md, "The engine's network"): `host`, on the
+ * host's own network, bound by lychd to 127.0.0.1 (no network for Podman to set up and tear down
+ * at each swap); `private`, a network of its own with one port published on 127.0.0.1.
+ */
+export type Network = "host" | "private";
+
+/** The address and port lychd tells an engine to listen on. */
+export interface Listen {
+  host: string;
+  port: number;
+}
+
 /** Which metric names an engine exports; the harvester's rules map each dialect to `lychd:`. */
 export type MetricsDialect = "vllm" | "sglang" | "llamacpp";
 
@@ -42,14 +55,16 @@ export interface Cartridge {
   title: string;
   /** Pinned image per GPU vendor; null where the project publishes none. */
   images: Record<GpuVendor, string | null>;
-  /** Port the server listens on inside the container; published as 127.0.0.1:8081. */
+  /** Port the server listens on inside a private network; published on 127.0.0.1. */
   port: number;
+  /** Its network unless lychd.yaml says otherwise, and why. */
+  network: Network;
   healthPath: string;
   metricsPath: string;
   dialect: MetricsDialect | null;
   defaultModel: string;
-  /** The words after the image (Quadlet `Exec=`), metrics switched on, listening on `port`. */
-  command(model: string): string[];
+  /** The words after the image (Quadlet `Exec=`), metrics switched on, listening on `listen`. */
+  command(model: string, listen: Listen): string[];
   /** PyTorch engines need a large /dev/shm for tensor-parallel workers (docs/engines.md §1.4). */
   ipcHost: boolean;
   /** Where the engine looks for Hugging Face downloads inside the container. */
@@ -93,12 +108,15 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       cpu: "docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64",
     },
     port: 8000,
+    // Its workers open ports of their own (torch.distributed, NCCL), which on the host's network
+    // would listen on every address; and its swaps are dominated by the load, not by Podman.
+    network: "private",
     healthPath: "/health",
     metricsPath: "/metrics",
     dialect: "vllm",
     defaultModel: "Qwen/Qwen2.5-7B-Instruct",
     // The image's ENTRYPOINT is already `vllm serve`; metrics are on by default.
-    command: (model) => [model, "--host", "0.0.0.0", "--port", "8000"],
+    command: (model, { host, port }) => [model, "--host", host, "--port", String(port)],
     ipcHost: true,
     modelCacheTarget: "/root/.cache/huggingface",
     env: {},
@@ -124,21 +142,23 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       cpu: null,
     },
     port: 30000,
+    // As vLLM: its scheduler and NCCL open ports of their own.
+    network: "private",
     healthPath: "/health",
     metricsPath: "/metrics",
     dialect: "sglang",
     defaultModel: "Qwen/Qwen2.5-7B-Instruct",
     // The image has no server entrypoint; without --enable-metrics /metrics is a 404.
-    command: (model) => [
+    command: (model, { host, port }) => [
       "python3",
       "-m",
       "sglang.launch_server",
       "--model-path",
       model,
       "--host",
-      "0.0.0.0",
+      host,
       "--port",
-      "30000",
+      String(port),
       "--enable-metrics",
     ],
     ipcHost: true,
@@ -166,22 +186,25 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       amd: "ghcr.io/ggml-org/llama.cpp:server-rocm-b10587",
       cpu: "ghcr.io/ggml-org/llama.cpp:server-b10587",
     },
-    // Kept at the image's own 8080: its HEALTHCHECK is hard-wired to it.
+    // Kept at the image's own 8080 in a private network: its HEALTHCHECK is hard-wired to it.
     port: 8080,
+    // One process whose only listener is the HTTP one: on the host's network a swap costs about
+    // half as much (docs/engines.md, "The engine's network").
+    network: "host",
     healthPath: "/health",
     metricsPath: "/metrics",
     dialect: "llamacpp",
     defaultModel: "Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M",
     // A path is a local GGUF file, anything else a Hugging Face repo. --alias makes
     // /v1/models list the configured name instead of the file path.
-    command: (model) => [
+    command: (model, { host, port }) => [
       ...(model.startsWith("/") ? ["-m", model] : ["-hf", model]),
       "--alias",
       model,
       "--host",
-      "0.0.0.0",
+      host,
       "--port",
-      "8080",
+      String(port),
       "--metrics",
     ],
     ipcHost: false,

@@ -128,9 +128,10 @@ try {
 async function routerScenario(prometheus: string) {
   await buildLlamaImage(target);
   // Clients name each engine by its name. alpha, a custom engine, reads the model from the
-  // model cache, which every engine mounts.
+  // model cache, which every engine mounts. Both are on the host's network (llama.cpp's default;
+  // alpha is told its address and port, which lychd cannot tell a custom engine).
   const gguf = "/root/.cache/huggingface/tiny.gguf";
-  const common = `--ctx-size, "2048", --host, 0.0.0.0, --port, "8080", --metrics`;
+  const common = `--ctx-size, "2048", --host, 127.0.0.1, --port, "18081", --metrics`;
   must(
     await writeConfig(
       target,
@@ -149,7 +150,8 @@ cartridges:
     args: [--ctx-size, "2048"]
   alpha:
     image: ${LLAMA_IMAGE}
-    port: 8080
+    network: host
+    port: 18081
     model: alpha
     health_path: /health
     warmup: true

@@ -130,8 +130,12 @@ for (const mode of ["user", "system"] as const) {
         "30000",
         "--enable-metrics",
       ]);
+      // llama.cpp on the host's network: nothing published, told to listen on 127.0.0.1 at the
+      // engine port; the image's HEALTHCHECK (port 8080) off.
       const llama = podmanArgv(s["soulstone-llama.service"]);
-      assertEquals(llama[llama.indexOf("--publish") + 1], "127.0.0.1:18081:8080");
+      assertEquals(llama[llama.indexOf("--network") + 1], "host");
+      assertEquals(llama.includes("--publish"), false);
+      assertEquals(llama.includes("--no-healthcheck"), true);
       assertDeep(
         engineArgv(s["soulstone-llama.service"], "ghcr.io/ggml-org/llama.cpp:server-cuda-b10587"),
         [
@@ -140,9 +144,9 @@ for (const mode of ["user", "system"] as const) {
           "--alias",
           "Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M",
           "--host",
-          "0.0.0.0",
+          "127.0.0.1",
           "--port",
-          "8080",
+          "18081",
           "--metrics",
         ],
       );

@@ -432,8 +432,12 @@ interface MovedPort {
  * (re)starts; the engines would go on listening on the old ones.
  */
 async function movedPorts(host: Host, setup: Setup, changes: Change[]): Promise<MovedPort[]> {
+  // Published from a network of its own, or listening on the host's (templates/soulstone.j2).
   const port = (text: string | null | undefined) =>
-    Number(text?.match(/^PublishPort=127\.0\.0\.1:(\d+):/m)?.[1] ?? NaN);
+    Number(
+      text?.match(/^PublishPort=127\.0\.0\.1:(\d+):/m)?.[1] ??
+        text?.match(/^ExposeHostPort=(\d+)$/m)?.[1] ?? NaN,
+    );
   const candidates = changes.flatMap((c) => {
     const engine = c.action === "update" ? c.path.match(/\/soulstone-(.+)\.container$/)?.[1] : null;
     if (!engine) return [];

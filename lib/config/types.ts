@@ -1,4 +1,4 @@
-import type { GpuVendor, SleepApi } from "../engines.ts";
+import type { GpuVendor, Network, SleepApi } from "../engines.ts";
 export type { SleepApi };
 import type { Override } from "./yaml.ts";
 
@@ -60,6 +60,8 @@ export interface CartridgeSettings {
   sleep: SleepLevel | null;
   /** The sleep routes a custom engine speaks (built-ins know theirs). */
   sleepApi: SleepApi | null;
+  /** `network:` in lychd.yaml; null = the cartridge's own (private for a custom engine). */
+  network: Network | null;
 }
 
 export type SleepLevel = 1 | 2;

@@ -7,8 +7,10 @@ import {
   BUILTIN_NAMES,
   builtinCartridge,
   DEFAULT_ENGINES,
+  type Network,
   SLEEP_FLAGS,
   SLEEP_LEVELS,
+  STANDARD_PORT,
 } from "../engines.ts";
 import { ConfigError, type Problem } from "../errors.ts";
 import type {
@@ -63,6 +65,7 @@ const CARTRIDGE_KEYS = [
   "caches",
   "sleep",
   "sleep_api",
+  "network",
 ] as const;
 const CUSTOM_ONLY_KEYS = ["port", "health_path", "metrics_path", "sleep_api"];
 const HARVESTER_KEYS = ["image", "scrape_interval", "retention"] as const;
@@ -101,6 +104,17 @@ const TAKEN_PORTS = [8081, 9090, 3000];
 export const DEFAULT_START_TIMEOUT_SEC = 15 * 60;
 export const DEFAULT_STOP_TIMEOUT_SEC = 30;
 
+/**
+ * The loopback port lychd reaches an engine on: 8081 without the gate, else the gate's engine
+ * port. The engines that stop share it (one runs at a time); one asleep keeps its process and
+ * its port, so each one that sleeps has a port of its own after it, in the order of engines:.
+ */
+export function engineHostPort(config: LychdConfig, name: string): number {
+  const base = config.gate.enabled ? config.gate.enginePort : STANDARD_PORT;
+  const sleepers = config.engines.filter((n) => config.cartridges[n]?.sleep);
+  return base + (sleepers.includes(name) ? 1 + sleepers.indexOf(name) : 0);
+}
+
 /** Settings of a cartridge the config says nothing about. */
 export function defaultSettings(name: string): CartridgeSettings {
   return {
@@ -118,6 +132,7 @@ export function defaultSettings(name: string): CartridgeSettings {
     warmup: builtinCartridge(name) !== undefined,
     caches: [],
     sleep: null,
+    network: null,
     sleepApi: null,
   };
 }
@@ -190,7 +205,43 @@ class Validator {
       cartridges,
     };
     this.sleepers(config);
+    this.hostNetworks(config);
     return config;
+  }
+
+  /**
+   * On the host's network an engine listens where lychd reaches it (docs/engines.md, "The
+   * engine's network"): a built-in is told --host 127.0.0.1 and --port, which its args must not
+   * undo; a custom engine's port must be that port, since lychd cannot tell it where to listen.
+   */
+  hostNetworks(config: LychdConfig): void {
+    for (const name of config.engines) {
+      const settings = config.cartridges[name] ?? defaultSettings(name);
+      const builtin = builtinCartridge(name);
+      if ((settings.network ?? builtin?.network ?? "private") !== "host") continue;
+      const port = engineHostPort(config, name);
+      if (builtin) {
+        settings.args.forEach((arg, i) => {
+          const flag = ["--host", "--port"].find((f) => arg === f || arg.startsWith(`${f}=`));
+          if (!flag) return;
+          this.fail(
+            ["cartridges", name, "args", String(i)],
+            `${flag}: on the host's network lychd makes ${builtin.title} listen on ` +
+              `127.0.0.1:${port} (another address would expose it beyond this host, another ` +
+              `port would not be reached); remove it from args`,
+          );
+        });
+      } else if (settings.port !== null && settings.port !== port) {
+        this.fail(
+          ["cartridges", name, "port"],
+          `${settings.port}: with network: host the engine listens on the host itself, where ` +
+            `lychd reaches it: port must be ${port} (${
+              config.gate.enabled ? "gate.engine_port" : "8081 without the gate"
+            }${settings.sleep ? ", plus its place among the engines that sleep" : ""}), and ` +
+            `its args must bind it to 127.0.0.1`,
+        );
+      }
+    }
   }
 
   /** Engines that sleep need an API to sleep with, and the gate (docs/warm-swaps.md). */
@@ -405,7 +456,17 @@ class Validator {
       caches: opt("caches", (v, p) => this.caches(v, p)) ?? [],
       sleep: opt("sleep", (v, p) => this.sleepLevel(v, p)),
       sleepApi: opt("sleep_api", (v, p) => this.sleepApi(v, p)),
+      network: opt("network", (v, p) => this.network(v, p)),
     };
+  }
+
+  network(raw: unknown, path: KeyPath): Network | null {
+    if (raw === "host" || raw === "private") return raw;
+    return this.fail(
+      path,
+      `expected host (the host's own network, bound to 127.0.0.1) or private (a network of its ` +
+        `own, one port published on 127.0.0.1), got ${describe(raw)}`,
+    );
   }
 
   /** `sleep: 1`, `sleep: 2` or `sleep: false`. */

@@ -15,13 +15,14 @@ import {
   COMPILE_CACHE_MOUNT,
   GRAFANA_IMAGE,
   GRAFANA_PORT,
+  type Network,
   PROMETHEUS_IMAGE,
   PROMETHEUS_PORT,
   SLEEP_FLAGS,
   STANDARD_PORT,
 } from "../engines.ts";
 import { ConfigError } from "../errors.ts";
-import { defaultSettings } from "../config/validate.ts";
+import { defaultSettings, engineHostPort } from "../config/validate.ts";
 import type { Locations } from "../paths.ts";
 
 /** One configured engine with every default filled in: what `swap` and `status` work from. */
@@ -30,10 +31,12 @@ export interface Engine {
   title: string;
   builtin: boolean;
   image: string;
-  /** The port the engine listens on inside its container. */
+  /** The port the engine listens on inside its container (its hostPort on the host's network). */
   port: number;
-  /** The loopback port it is published on: 8081, or the gate's engine port behind the gate. */
+  /** The loopback port lychd reaches it on: 8081, or the gate's engine port behind the gate. */
   hostPort: number;
+  /** On the host's network, bound to 127.0.0.1:hostPort; or private, published there. */
+  network: Network;
   healthPath: string;
   metricsPath: string;
   /** The model the engine serves (its name in /v1/models), null if the engine is not told one. */
@@ -199,7 +202,6 @@ export function enginePort(config: LychdConfig): number {
 
 export function resolveEngines(config: LychdConfig): Engine[] {
   // validateConfig guarantees that an engine that sleeps has an API and the gate.
-  const sleepers = config.engines.filter((n) => config.cartridges[n]?.sleep);
   return config.engines.map((name) => {
     const cartridge = builtinCartridge(name) ?? null;
     const settings = config.cartridges[name] ?? defaultSettings(name);
@@ -207,9 +209,8 @@ export function resolveEngines(config: LychdConfig): Engine[] {
     const sleep = settings.sleep === null
       ? null
       : { level: settings.sleep, api: (cartridge?.sleepApi ?? settings.sleepApi)! };
-    // The engines that stop share the engine port (one runs at a time); one asleep keeps its
-    // process and its port, so each one that sleeps has a port of its own after it.
-    const hostPort = enginePort(config) + (sleep ? 1 + sleepers.indexOf(name) : 0);
+    const hostPort = engineHostPort(config, name);
+    const network = settings.network ?? cartridge?.network ?? "private";
     if (cartridge) {
       const image = settings.image ?? cartridge.images[gpu.vendor];
       if (!image) {
@@ -224,8 +225,9 @@ export function resolveEngines(config: LychdConfig): Engine[] {
         title: cartridge.title,
         builtin: true,
         image,
-        port: cartridge.port,
+        port: network === "host" ? hostPort : cartridge.port,
         hostPort,
+        network,
         healthPath: cartridge.healthPath,
         metricsPath: cartridge.metricsPath,
         model: settings.model ?? cartridge.defaultModel,
@@ -243,6 +245,7 @@ export function resolveEngines(config: LychdConfig): Engine[] {
       image: settings.image!,
       port: settings.port!,
       hostPort,
+      network,
       healthPath: settings.healthPath ?? "/health",
       metricsPath: settings.metricsPath ?? "/metrics",
       model: settings.model,
@@ -304,10 +307,20 @@ export function engineUnits(config: LychdConfig, loc: Locations): EngineUnit[] {
       secrets: Object.entries(secrets).map(([env, name]) => `${name},type=env,target=${env}`),
       podmanArgs: [
         ...(engine.gpu.vendor === "amd" && loc.mode === "user" ? ["--group-add=keep-groups"] : []),
+        // An image's HEALTHCHECK asks the port it listens on in a network of its own (llama.cpp's:
+        // 8080), where nothing listens on the host's; lychd probes the engine itself.
+        ...(engine.network === "host" ? ["--no-healthcheck"] : []),
         `--stop-timeout=${settings.stopTimeoutSec}`,
       ],
       exec: [
-        ...(cartridge ? cartridge.command(engine.model!) : []),
+        ...(cartridge
+          ? cartridge.command(engine.model!, {
+            // On the host's network, loopback only; in its own, every address of that network
+            // (only the port published on 127.0.0.1 reaches it).
+            host: engine.network === "host" ? "127.0.0.1" : "0.0.0.0",
+            port: engine.port,
+          })
+          : []),
         ...(config.offline && cartridge ? cartridge.offline.args : []),
         ...settings.args,
         // Last: a custom engine's args are its whole command line (vLLM's model comes first).
