@@ -34,9 +34,10 @@ export const SLEEP_LEVELS: Record<SleepApi, { levels: (1 | 2)[]; why: string }> 
 };
 
 /**
- * Where an engine's container listens (docs/engines.md, "The engine's network"): `host`, on the
- * host's own network, bound by lychd to 127.0.0.1 (no network for Podman to set up and tear down
- * at each swap); `private`, a network of its own with one port published on 127.0.0.1.
+ * Where an engine's container listens (docs/engines.md, "The engine's network"): `private` (the
+ * default), a network of its own with one port published on 127.0.0.1; `host`, on the host's own
+ * network, bound by lychd to 127.0.0.1: no network for Podman to set up and tear down at each
+ * swap, but no network isolation either.
  */
 export type Network = "host" | "private";
 
@@ -57,8 +58,6 @@ export interface Cartridge {
   images: Record<GpuVendor, string | null>;
   /** Port the server listens on inside a private network; published on 127.0.0.1. */
   port: number;
-  /** Its network unless lychd.yaml says otherwise, and why. */
-  network: Network;
   healthPath: string;
   metricsPath: string;
   dialect: MetricsDialect | null;
@@ -108,9 +107,6 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       cpu: "docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64",
     },
     port: 8000,
-    // Its workers open ports of their own (torch.distributed, NCCL), which on the host's network
-    // would listen on every address; and its swaps are dominated by the load, not by Podman.
-    network: "private",
     healthPath: "/health",
     metricsPath: "/metrics",
     dialect: "vllm",
@@ -142,8 +138,6 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
       cpu: null,
     },
     port: 30000,
-    // As vLLM: its scheduler and NCCL open ports of their own.
-    network: "private",
     healthPath: "/health",
     metricsPath: "/metrics",
     dialect: "sglang",
@@ -188,9 +182,6 @@ export const BUILTIN_CARTRIDGES: readonly Cartridge[] = [
     },
     // Kept at the image's own 8080 in a private network: its HEALTHCHECK is hard-wired to it.
     port: 8080,
-    // One process whose only listener is the HTTP one: on the host's network a swap costs about
-    // half as much (docs/engines.md, "The engine's network").
-    network: "host",
     healthPath: "/health",
     metricsPath: "/metrics",
     dialect: "llamacpp",

@@ -128,8 +128,8 @@ try {
 async function routerScenario(prometheus: string) {
   await buildLlamaImage(target);
   // Clients name each engine by its name. alpha, a custom engine, reads the model from the
-  // model cache, which every engine mounts. Both are on the host's network (llama.cpp's default;
-  // alpha is told its address and port, which lychd cannot tell a custom engine).
+  // model cache, which every engine mounts. Both are on the host's network (a swap costs less:
+  // docs/engines.md; alpha is told its address and port, which lychd cannot tell a custom one).
   const gguf = "/root/.cache/huggingface/tiny.gguf";
   const common = `--ctx-size, "2048", --host, 127.0.0.1, --port, "18081", --metrics`;
   must(
@@ -147,6 +147,7 @@ cartridges:
   llama:
     image: ${LLAMA_IMAGE}
     model: ${MODEL_DIR}/tiny.gguf
+    network: host
     args: [--ctx-size, "2048"]
   alpha:
     image: ${LLAMA_IMAGE}

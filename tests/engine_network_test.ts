@@ -1,9 +1,10 @@
 /**
- * The engine's network (`network:`, docs/engines.md "The engine's network"): on the host's
- * network an engine is told to listen on 127.0.0.1 at its engine port, nothing is published, and
- * nothing the user writes can make it listen elsewhere; in a private network it listens on every
- * address of that network and one port is published on 127.0.0.1. The units go through the real
- * Quadlet generator and systemd-analyze verify.
+ * The engine's network (`network:`, docs/engines.md "The engine's network"): private by default,
+ * listening on every address of its own network with one port published on 127.0.0.1; on the
+ * host's network a built-in engine is told to listen on 127.0.0.1 at its engine port, nothing is
+ * published, and its args cannot move it (a custom engine's port must be the engine port; its
+ * address is its own args' business). The units go through the real Quadlet generator and
+ * systemd-analyze verify.
  */
 import { resolveConfig } from "../lib/config/load.ts";
 import { ConfigError } from "../lib/errors.ts";
@@ -45,13 +46,25 @@ Deno.test("network: refused with its key when it is neither host nor private", (
 
 Deno.test("network: host: a built-in's args may not set its address or port", () => {
   const out = problems(
-    'engines: [llama]\ncartridges:\n  llama:\n    args: [--ctx-size, "2048", --host, 0.0.0.0, --port=9000]\n',
+    "engines: [llama]\ncartridges:\n  llama:\n    network: host\n" +
+      '    args: [--ctx-size, "2048", --host, 0.0.0.0, --port=9000]\n',
   );
   assertMatch(
     out,
-    /lychd\.yaml:4:\d+: cartridges\.llama\.args\.2: --host: on the host's network lychd makes llama\.cpp listen on 127\.0\.0\.1:18081 .*remove it from args/,
+    /lychd\.yaml:5:\d+: cartridges\.llama\.args\.2: --host \(--host\): on the host's network lychd makes llama\.cpp listen on 127\.0\.0\.1:18081 .*remove it from args/,
   );
-  assertMatch(out, /cartridges\.llama\.args\.4: --port: on the host's network/);
+  assertMatch(out, /cartridges\.llama\.args\.4: --port=9000 \(--port\): on the host's network/);
+  // vLLM's and SGLang's argparse read an abbreviation as the flag itself.
+  const vllm = problems(
+    "engines: [vllm, sglang]\ncartridges:\n  vllm: {network: host, args: [--hos, 0.0.0.0]}\n" +
+      "  sglang: {network: host, args: [--max-running-requests, '8', --por=9000]}\n",
+  );
+  assertMatch(
+    vllm,
+    /cartridges\.vllm\.args\.0: --hos \(--host\): on the host's network lychd makes vLLM listen on 127\.0\.0\.1:18081/,
+  );
+  assertMatch(vllm, /cartridges\.sglang\.args\.2: --por=9000 \(--port\)/);
+  assertEquals(vllm.includes("--max-running-requests"), false, vllm);
   // In a network of its own, its args are its own business (the published port decides).
   resolveConfig(
     "engines: [llama]\ncartridges: {llama: {network: private, args: [--host, 0.0.0.0]}}\n",
@@ -76,29 +89,32 @@ Deno.test("network: host: a custom engine's port must be the port lychd reaches 
 });
 
 Deno.test({
-  name: "llama.cpp by default: on the host's network, on 127.0.0.1 at the engine port, unpublished",
+  name: "network: host for llama.cpp: on 127.0.0.1 at the engine port, unpublished",
   ignore,
   async fn() {
-    const { argv, flag } = await podmanRun("engines: [llama, vllm]\n", "llama");
+    const { argv, flag } = await podmanRun(
+      "engines: [llama, vllm]\ncartridges: {llama: {network: host}}\n",
+      "llama",
+    );
     assertDeep(flag("--network"), ["host"]);
     assertDeep(flag("--publish"), []);
     assert(argv.includes("--no-healthcheck"), "the image's HEALTHCHECK asks port 8080");
     const words = argv.join(" ");
     assertMatch(words, / --host 127\.0\.0\.1 --port 18081 --metrics$/);
     // Without the gate the engine itself holds 8081.
-    const solo = await podmanRun("engines: [llama]\ngate: false\n", "llama");
+    const solo = await podmanRun(
+      "engines: [llama]\ngate: false\ncartridges: {llama: {network: host}}\n",
+      "llama",
+    );
     assertMatch(solo.argv.join(" "), / --host 127\.0\.0\.1 --port 8081 --metrics$/);
   },
 });
 
 Deno.test({
-  name: "network: private puts llama.cpp back in a network of its own; host takes vLLM out",
+  name: "private by default: a network of the engine's own, one port published on 127.0.0.1",
   ignore,
   async fn() {
-    const llama = await podmanRun(
-      "engines: [llama, vllm]\ncartridges: {llama: {network: private}}\n",
-      "llama",
-    );
+    const llama = await podmanRun("engines: [llama, vllm]\n", "llama");
     assertDeep(llama.flag("--network"), []);
     assertDeep(llama.flag("--publish"), ["127.0.0.1:18081:8080"]);
     assertMatch(llama.argv.join(" "), / --host 0\.0\.0\.0 --port 8080 --metrics$/);
@@ -109,8 +125,10 @@ Deno.test({
     assertDeep(vllm.flag("--network"), ["host"]);
     assertDeep(vllm.flag("--publish"), []);
     assertMatch(vllm.argv.join(" "), / --host 127\.0\.0\.1 --port 18081$/);
-    // vLLM stays private by default: its workers' own ports stay off the host's network.
-    const plain = await podmanRun("engines: [vllm]\n", "vllm");
+    const plain = await podmanRun(
+      "engines: [vllm]\ncartridges: {vllm: {network: private}}\n",
+      "vllm",
+    );
     assertDeep(plain.flag("--publish"), ["127.0.0.1:18081:8000"]);
   },
 });

@@ -419,9 +419,9 @@ const ACCEPTED: Accepted[] = [
       "--alias",
       "/models/my model.gguf",
       "--host",
-      "127.0.0.1",
+      "0.0.0.0",
       "--port",
-      "18081",
+      "8080",
       "--metrics",
     ],
   },
@@ -462,7 +462,7 @@ const ACCEPTED: Accepted[] = [
 
 /** Every key a soulstone unit may contain: anything else got in through the input. */
 const ALLOWED_LINE =
-  /^(#.*|\[(Unit|Container|Service|Install)\]|(Description|Conflicts|After|ContainerName|Image|PublishPort|Network|ExposeHostPort|AddDevice|Volume|Environment|Secret|PodmanArgs|Exec|TimeoutStartSec|TimeoutStopSec|Restart|RestartSec|WantedBy)=.*|)$/;
+  /^(#.*|\[(Unit|Container|Service|Install)\]|(Description|Conflicts|After|ContainerName|Image|PublishPort|AddDevice|Volume|Environment|Secret|PodmanArgs|Exec|TimeoutStartSec|TimeoutStopSec|Restart|RestartSec|WantedBy)=.*|)$/;
 
 async function give(sb: Sandbox, input: Input, command: string[]) {
   if ("yaml" in input) {

@@ -9,7 +9,7 @@
 import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { resolveConfig } from "../lib/config/load.ts";
 import { Gate } from "../lib/gate/proxy.ts";
-import { OnDemand, QUIET_MAX_MS } from "../lib/gate/on_demand.ts";
+import { OnDemand, QUIET_DIVISOR_MAX, QUIET_MAX_MS } from "../lib/gate/on_demand.ts";
 import { resolveEngines } from "../lib/units/model.ts";
 import { ModelScanner } from "../lib/gate/model_scan.ts";
 import { waitUntil, within } from "./support/wait.ts";
@@ -134,6 +134,36 @@ Deno.test("on demand: an engine with nothing to do goes after a quarter of the l
     clock.now = t + 2000 + s.od.quietMs();
     s.od.schedule();
     await within(back, "the swap back to vllm, long before its 60 s residency");
+    assertDeep(s.swaps, ["sglang", "vllm"]);
+  } finally {
+    await s.close();
+  }
+});
+
+Deno.test("on demand: the quiet window shrinks with the requests waiting for another engine (1/n, n at most 4)", async () => {
+  const clock = { now: 0 };
+  const s = scheduler(60_000, 2000, clock);
+  try {
+    await firstSwapToSglang(s, clock);
+    // sglang's swap took 2 s: one request waiting for another engine waits out 500 ms of quiet.
+    assertEquals(s.od.quietMs("sglang", 1), 500);
+    assertEquals(s.od.quietMs("sglang", 2), 250);
+    // However many wait, a client of the engine that serves keeps it with gaps under 125 ms.
+    assertEquals(s.od.quietMs("sglang", 1000), 500 / QUIET_DIVISOR_MAX);
+    // sglang has served as long as its swap took: only the quiet window is left.
+    clock.now += 2000;
+    const t = clock.now;
+    await s.ask("sglang");
+    await s.idle();
+    const back = [s.ask("vllm"), s.ask("vllm"), s.ask("vllm"), s.ask("vllm")];
+    await s.held(4);
+    // Quiet since its last request at t: four waiting, a quarter of the window (125 ms) is enough.
+    clock.now = t + 124;
+    s.od.schedule();
+    assertDeep(s.swaps, ["sglang"], "swapped before 1/4 of the window");
+    clock.now = t + 125;
+    s.od.schedule();
+    await within(Promise.all(back), "the swap back to vllm");
     assertDeep(s.swaps, ["sglang", "vllm"]);
   } finally {
     await s.close();

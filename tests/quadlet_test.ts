@@ -130,12 +130,8 @@ for (const mode of ["user", "system"] as const) {
         "30000",
         "--enable-metrics",
       ]);
-      // llama.cpp on the host's network: nothing published, told to listen on 127.0.0.1 at the
-      // engine port; the image's HEALTHCHECK (port 8080) off.
       const llama = podmanArgv(s["soulstone-llama.service"]);
-      assertEquals(llama[llama.indexOf("--network") + 1], "host");
-      assertEquals(llama.includes("--publish"), false);
-      assertEquals(llama.includes("--no-healthcheck"), true);
+      assertEquals(llama[llama.indexOf("--publish") + 1], "127.0.0.1:18081:8080");
       assertDeep(
         engineArgv(s["soulstone-llama.service"], "ghcr.io/ggml-org/llama.cpp:server-cuda-b10587"),
         [
@@ -144,9 +140,9 @@ for (const mode of ["user", "system"] as const) {
           "--alias",
           "Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M",
           "--host",
-          "127.0.0.1",
+          "0.0.0.0",
           "--port",
-          "18081",
+          "8080",
           "--metrics",
         ],
       );

@@ -34,6 +34,8 @@ interface Options {
   keepsMemory?: string;
   /** alpha speaks SGLang's routes (sleep_api: sglang) rather than vLLM's. */
   alphaSglang?: boolean;
+  /** llama on the host's network (its unit says its port with ExposeHostPort=). */
+  llamaHost?: boolean;
 }
 
 async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
@@ -55,6 +57,7 @@ async function warmHost(awake: string, asleepToo: string[], o: Options = {}) {
     flag(["cartridges", "alpha", "sleep_api"], o.alphaSglang ? "sglang" : "vllm"),
     flag(["cartridges", "alpha", "args"], ["org/alpha"]),
     flag(["cartridges", "llama", "model"], "org/llama"),
+    ...(o.llamaHost ? [flag(["cartridges", "llama", "network"], "host")] : []),
     ...(o.gpu ? ENGINES.map((e) => flag(["cartridges", e, "gpu"], o.gpu)) : []),
   ];
   const code = await init(fs.host, {
@@ -337,33 +340,43 @@ Deno.test("init that would move the port of an engine that runs: refused, nothin
   );
 });
 
-Deno.test("init that turns the gate off while an engine runs behind it: refused (it would move to 8081)", async () => {
-  const { fs, overrides } = await warmHost("llama", [], { gpu: "cpu" });
-  let refused = "";
-  try {
-    await init(fs.host, {
-      config: {
-        ...SETUP,
-        overrides: [
-          ...overrides,
-          // Engines that sleep need the gate: those two are back to stopping.
-          ...["vllm", "alpha"].map((e) => ({
-            path: ["cartridges", e, "sleep"],
-            value: false,
-            flag: "test",
-          })),
-          { path: ["gate"], value: false, flag: "test" },
-        ],
-      },
-      dryRun: false,
-      reload: true,
-      force: false,
-    });
-  } catch (e) {
-    refused = (e as Error).message;
-  }
-  assertMatch(refused, /would move engines that run to other ports: llama 18081 -> 8081 \(gate, /);
-});
+for (const llamaHost of [false, true]) {
+  Deno.test(
+    `init that turns the gate off while an engine runs behind it: refused (it would move to 8081; ${
+      llamaHost ? "host" : "private"
+    } network)`,
+    async () => {
+      const { fs, overrides } = await warmHost("llama", [], { gpu: "cpu", llamaHost });
+      let refused = "";
+      try {
+        await init(fs.host, {
+          config: {
+            ...SETUP,
+            overrides: [
+              ...overrides,
+              // Engines that sleep need the gate: those two are back to stopping.
+              ...["vllm", "alpha"].map((e) => ({
+                path: ["cartridges", e, "sleep"],
+                value: false,
+                flag: "test",
+              })),
+              { path: ["gate"], value: false, flag: "test" },
+            ],
+          },
+          dryRun: false,
+          reload: true,
+          force: false,
+        });
+      } catch (e) {
+        refused = (e as Error).message;
+      }
+      assertMatch(
+        refused,
+        /would move engines that run to other ports: llama 18081 -> 8081 \(gate, /,
+      );
+    },
+  );
+}
 
 Deno.test("status: the active engine is the one awake; one asleep says so", async () => {
   const { fs } = await warmHost("vllm", ["alpha"], { gpu: "cpu" });

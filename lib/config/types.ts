@@ -60,7 +60,7 @@ export interface CartridgeSettings {
   sleep: SleepLevel | null;
   /** The sleep routes a custom engine speaks (built-ins know theirs). */
   sleepApi: SleepApi | null;
-  /** `network:` in lychd.yaml; null = the cartridge's own (private for a custom engine). */
+  /** `network:` in lychd.yaml; null = private. */
   network: Network | null;
 }
 

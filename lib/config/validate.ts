@@ -218,15 +218,17 @@ class Validator {
     for (const name of config.engines) {
       const settings = config.cartridges[name] ?? defaultSettings(name);
       const builtin = builtinCartridge(name);
-      if ((settings.network ?? builtin?.network ?? "private") !== "host") continue;
+      if (settings.network !== "host") continue;
       const port = engineHostPort(config, name);
       if (builtin) {
         settings.args.forEach((arg, i) => {
-          const flag = ["--host", "--port"].find((f) => arg === f || arg.startsWith(`${f}=`));
+          // vLLM's and SGLang's argparse take an abbreviation (`--hos`, `--por=9000`) as the flag.
+          const word = arg.split("=")[0];
+          const flag = word.length >= 3 && ["--host", "--port"].find((f) => f.startsWith(word));
           if (!flag) return;
           this.fail(
             ["cartridges", name, "args", String(i)],
-            `${flag}: on the host's network lychd makes ${builtin.title} listen on ` +
+            `${arg} (${flag}): on the host's network lychd makes ${builtin.title} listen on ` +
               `127.0.0.1:${port} (another address would expose it beyond this host, another ` +
               `port would not be reached); remove it from args`,
           );

@@ -6,11 +6,11 @@
  * When to swap (docs/gate.md, "On demand: when it swaps"): the oldest held request names the
  * next engine (first come, first served among engines, so none starves). The active engine A
  * goes once it has nothing to do: nothing in flight and no request for it for a quiet window that
- * grows with what a swap to A costs (quietMs), provided it has served at least as long as that
- * swap took (so, whatever the clients do, no more than half the time goes to swapping). While
- * requests for A keep coming, A stays `minResidencyMs` (two clients alternating two models must
- * not thrash the GPU): so a request for B waits at most min_residency, then A's drain and the
- * swap.
+ * grows with what a swap to A costs and shrinks with the number of requests waiting for others
+ * (quietMs), provided it has served at least as long as that swap took (so, whatever the clients
+ * do, no more than half the time goes to swapping). While requests for A keep coming, A stays
+ * `minResidencyMs` (two clients alternating two models must not thrash the GPU): so a request for
+ * B waits at most min_residency, then A's drain and the swap.
  *
  * An engine whose swap failed is not tried again at once: any API user could otherwise take the
  * working engine away, again and again, by naming a model that cannot start. It is refused with a
@@ -30,6 +30,14 @@ import type { Engine } from "../units/model.ts";
  */
 export const QUIET_MIN_MS = 250;
 export const QUIET_MAX_MS = 2000;
+/**
+ * That window is for one request waiting for another engine: with n waiting it is 1/n of it, n at
+ * most QUIET_DIVISOR_MAX. Each of them waits out the window, while a client of the engine that
+ * goes, left behind, waits about one swap there and one back: the more wait, the less a possible
+ * late client of the engine that goes is worth waiting for. Capped, so that a client that keeps
+ * many requests waiting cannot make the window vanish for the clients of the engine that serves.
+ */
+export const QUIET_DIVISOR_MAX = 4;
 
 /** How long a request body is read for its `model` at most (an image request is large). */
 export const MODEL_SCAN_BYTES = 32 << 20;
@@ -97,11 +105,16 @@ export class OnDemand {
     };
   }
 
-  /** How long `engine` must have nothing to do before it may go (see QUIET_MIN_MS). */
-  quietMs(engine: string | null = this.gate.target()): number {
+  /**
+   * How long `engine` must have nothing to do before it may go, with `waiting` requests held for
+   * other engines (see QUIET_MIN_MS and QUIET_DIVISOR_MAX).
+   */
+  quietMs(engine: string | null = this.gate.target(), waiting = 1): number {
     const cost = this.#cost.get(engine ?? "");
-    if (cost === undefined) return QUIET_MAX_MS;
-    return Math.min(QUIET_MAX_MS, Math.max(QUIET_MIN_MS, cost / 4));
+    const one = cost === undefined
+      ? QUIET_MAX_MS
+      : Math.min(QUIET_MAX_MS, Math.max(QUIET_MIN_MS, cost / 4));
+    return one / Math.min(QUIET_DIVISOR_MAX, Math.max(1, waiting));
   }
 
   /**
@@ -284,7 +297,7 @@ export class OnDemand {
     const now = this.#now();
     const resident = now - this.#activeSince;
     const inFlight = this.gate.counts().inFlight;
-    const quiet = this.quietMs(current);
+    const quiet = this.quietMs(current, waiting.length);
     // Quiet since its last request came in or its last answer ended, whichever was later.
     const quietFor = now - Math.max(this.#lastFor.get(current ?? "") ?? 0, this.#idleAt);
     // Served at least as long as the swap to it took: then at most half the time is swapping.

@@ -210,7 +210,7 @@ export function resolveEngines(config: LychdConfig): Engine[] {
       ? null
       : { level: settings.sleep, api: (cartridge?.sleepApi ?? settings.sleepApi)! };
     const hostPort = engineHostPort(config, name);
-    const network = settings.network ?? cartridge?.network ?? "private";
+    const network = settings.network ?? "private";
     if (cartridge) {
       const image = settings.image ?? cartridge.images[gpu.vendor];
       if (!image) {
