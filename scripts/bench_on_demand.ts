@@ -9,10 +9,13 @@
  * lychd and the router take turns going first. Prints completed, failed, p50/p99 and swaps per
  * round and in all, each system's ratio to the router and its fraction of the limit.
  *
+ * lychd's two engines run on the host's network (`network: host`, docs/engines.md "The engine's
+ * network"); `--private` puts them in networks of their own, lychd's default.
+ *
  * `--slow`: the second scenario instead: two stand-in engines that take 10 s to load (the fake
  * engine, not a real one), lychd only: completed, failed, swaps, the longest wait.
  *
- *   deno task bench:on-demand [ROUNDS] [SECONDS] [--slow] [--verbose]   (default 3 x 40 s)
+ *   deno task bench:on-demand [ROUNDS] [SECONDS] [--slow] [--private] [--verbose]   (3 x 40 s)
  */
 import {
   buildFakeEngineImage,
@@ -30,6 +33,7 @@ import type { LoadResult } from "./on_demand_load.ts";
 
 const args = Deno.args.filter((a) => !a.startsWith("--"));
 const SLOW = Deno.args.includes("--slow");
+const NETWORK = Deno.args.includes("--private") ? "private" : "host";
 /** `--verbose`: each on-demand swap's report, from the gate's journal. */
 const VERBOSE = Deno.args.includes("--verbose");
 const ROUNDS = Number(args[0] ?? 3);
@@ -128,10 +132,12 @@ try {
 async function routerScenario(prometheus: string) {
   await buildLlamaImage(target);
   // Clients name each engine by its name. alpha, a custom engine, reads the model from the
-  // model cache, which every engine mounts. Both are on the host's network (a swap costs less:
-  // docs/engines.md; alpha is told its address and port, which lychd cannot tell a custom one).
+  // model cache, which every engine mounts. On the host's network (a swap costs less:
+  // docs/engines.md) alpha is told its address and port, which lychd cannot tell a custom one.
   const gguf = "/root/.cache/huggingface/tiny.gguf";
-  const common = `--ctx-size, "2048", --host, 127.0.0.1, --port, "18081", --metrics`;
+  const [host, port] = NETWORK === "host" ? ["127.0.0.1", 18081] : ["0.0.0.0", 8080];
+  const common = `--ctx-size, "2048", --host, ${host}, --port, "${port}", --metrics`;
+  console.log(`lychd's engines: network: ${NETWORK}`);
   must(
     await writeConfig(
       target,
@@ -147,12 +153,12 @@ cartridges:
   llama:
     image: ${LLAMA_IMAGE}
     model: ${MODEL_DIR}/tiny.gguf
-    network: host
+    network: ${NETWORK}
     args: [--ctx-size, "2048"]
   alpha:
     image: ${LLAMA_IMAGE}
-    network: host
-    port: 18081
+    network: ${NETWORK}
+    port: ${port}
     model: alpha
     health_path: /health
     warmup: true
