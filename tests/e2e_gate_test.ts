@@ -2,11 +2,12 @@
  * The gate end to end, under REAL systemd, Quadlet and Podman (tests/support/target.ts): init
  * writes and starts lychd-gate.service on 8081, the engines answer on 18081 behind it. A load
  * generator of 16 clients (tests/e2e/load.ts: chat requests with a ~460-character prompt,
- * streaming and not) runs through 10 swaps among three engines, one of them the real llama.cpp server, and a
- * swap to an engine that never becomes ready (rolled back): not one request may fail, and each is
- * answered by an engine that was active (or being swapped to) while it ran. The gate killed with
- * SIGKILL under load comes back through Restart=always. On demand: two clients alternating
- * between two models swap within the bound the minimum residency sets (docs/gate.md).
+ * streaming and not) runs through 7 swaps among three engines, one of them the real llama.cpp
+ * server (on the host's network), and a swap to an engine that never becomes ready (rolled back):
+ * not one request may fail, and each is answered by an engine that was active (or being swapped
+ * to) while it ran. The gate killed with SIGKILL under load comes back through Restart=always. On
+ * demand: two clients alternating between two models swap within the bound the minimum residency
+ * sets (docs/gate.md).
  */
 import { EXIT } from "../lib/exit.ts";
 import type { Outcome } from "./e2e/load.ts";
@@ -107,7 +108,7 @@ async function gateProps(target: Target): Promise<Record<string, string>> {
 
 for (const mode of ["system", "user"] as Mode[]) {
   Deno.test({
-    name: `e2e gate, ${mode} mode: 16 clients through 10 swaps and a rollback with 0 failed ` +
+    name: `e2e gate, ${mode} mode: 16 clients through 7 swaps and a rollback with 0 failed ` +
       "requests; SIGKILL; on demand",
     ignore: e2eUnavailable(mode) || llamaMissing(),
     sanitizeResources: false,
@@ -170,21 +171,11 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
     });
 
     await t.step(
-      `${CLIENTS} clients through 10 swaps among llama (real), vllm and sglang, then a swap ` +
+      `${CLIENTS} clients through 7 swaps among llama (real), vllm and sglang, then a swap ` +
         "to an engine that never serves: 0 failed requests",
       async () => {
-        const order = [
-          "vllm",
-          "sglang",
-          "llama",
-          "vllm",
-          "llama",
-          "sglang",
-          "vllm",
-          "sglang",
-          "llama",
-          "vllm",
-        ];
+        // Every ordered pair of the three engines once (llama -> vllm twice).
+        const order = ["vllm", "sglang", "llama", "vllm", "llama", "sglang", "vllm"];
         /** [engines allowed, from, to] per period: a swap's window allows both ends. */
         const periods: { engines: string[]; from: number; to: number }[] = [];
         let current = "llama";
@@ -280,10 +271,11 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
           'query=sum(lychd_gate_swaps_total{result="ok"})',
         ]);
         up = r.stdout;
-        if (/"value":\[[0-9.]+,"(1[0-9])"\]/.test(up)) break;
+        // The swap to llama and the 7 of the step before, at least (the rollback is not "ok").
+        if (Number(up.match(/"value":\[[0-9.]+,"(\d+)"\]/)?.[1] ?? 0) >= 8) break;
         await new Promise((r) => setTimeout(r, 1000));
       }
-      assertMatch(up, /"value":\[[0-9.]+,"(1[0-9])"\]/);
+      assert(Number(up.match(/"value":\[[0-9.]+,"(\d+)"\]/)?.[1] ?? 0) >= 8, up);
       const targets = await guest(["curl", "-fsS", "http://127.0.0.1:9090/api/v1/targets"]);
       assertMatch(targets.stdout, /"scrapeUrl":"http:\/\/127\.0\.0\.1:18081\/metrics"/);
       assertMatch(targets.stdout, /"scrapeUrl":"http:\/\/127\.0\.0\.1:8081\/lychd\/metrics"/);
@@ -413,6 +405,10 @@ async function withGate(t: Deno.TestContext, mode: Mode) {
               : null,
         );
         assert(results.every((r) => r.end - r.start < 40_000), "a request waited the stop out");
+
+        // (c) and (d) are the gate's own logic, the same in both modes: system mode only, to keep
+        // CI short. (a) and (b) go through rootless Podman and the user manager in user mode.
+        if (mode === "user") return;
 
         // (c) A third of the clients give up after 1 s; a swap holds them longer than that.
         load = startLoad(target, CLIENTS, [], ["--give-up-ms", "1000"]);
