@@ -2,23 +2,13 @@
 import { resolveConfig } from "../lib/config/load.ts";
 import { imageProblem, parseDuration } from "../lib/config/validate.ts";
 import { type Override, updateConfigText } from "../lib/config/yaml.ts";
-import { ConfigError } from "../lib/errors.ts";
 import { locations } from "../lib/paths.ts";
 import { engineUnits } from "../lib/units/model.ts";
 import { assert, assertDeep, assertEquals, assertMatch, assertThrows } from "./support/assert.ts";
 import { sandbox } from "./support/cli.ts";
+import { configProblems as problems } from "./support/units.ts";
 
 const FILE = "/home/ada/.config/lychd/lychd.yaml";
-
-function problems(yaml: string | null, overrides: Override[] = []): string {
-  try {
-    resolveConfig(yaml, FILE, overrides);
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message;
-    throw e;
-  }
-  throw new Error("expected a ConfigError");
-}
 
 const flag = (path: string[], value: unknown, name: string): Override => ({
   path,

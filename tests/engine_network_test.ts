@@ -7,24 +7,20 @@
  * systemd-analyze verify.
  */
 import { resolveConfig } from "../lib/config/load.ts";
-import { ConfigError } from "../lib/errors.ts";
 import { assert, assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { execStartArgv } from "./support/systemd_exec.ts";
 import { requireTools } from "./support/tools.ts";
-import { planFor, quadlet, systemdVerify, unitFiles, unitValues } from "./support/units.ts";
+import {
+  configProblems as problems,
+  planFor,
+  quadlet,
+  systemdVerify,
+  unitFiles,
+  unitValues,
+} from "./support/units.ts";
 
 const FILE = "/home/ada/.config/lychd/lychd.yaml";
 const ignore = requireTools("quadlet", "systemdAnalyze", "podman");
-
-function problems(yaml: string): string {
-  try {
-    resolveConfig(yaml, FILE, []);
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message;
-    throw e;
-  }
-  throw new Error("expected a ConfigError");
-}
 
 /** podman's argv from the generated service: [flags..., image, engine words...]. */
 async function podmanRun(yaml: string, engine: string) {

@@ -6,26 +6,22 @@
  * systemd-analyze verify, and the harvester scrapes every port.
  */
 import { resolveConfig } from "../lib/config/load.ts";
-import { ConfigError } from "../lib/errors.ts";
 import { resolveEngines } from "../lib/units/model.ts";
 import { assertDeep, assertEquals, assertMatch } from "./support/assert.ts";
 import { execStartArgv } from "./support/systemd_exec.ts";
 import { requireTools } from "./support/tools.ts";
-import { planFor, quadlet, systemdVerify, unitFiles, unitValues } from "./support/units.ts";
+import {
+  configProblems as problems,
+  planFor,
+  quadlet,
+  systemdVerify,
+  unitFiles,
+  unitValues,
+} from "./support/units.ts";
 import { parse as parseYaml } from "yaml";
 
 const FILE = "/home/ada/.config/lychd/lychd.yaml";
 const ignore = requireTools("quadlet", "systemdAnalyze", "podman");
-
-function problems(yaml: string): string {
-  try {
-    resolveConfig(yaml, FILE, []);
-  } catch (e) {
-    if (e instanceof ConfigError) return e.message;
-    throw e;
-  }
-  throw new Error("expected a ConfigError");
-}
 
 const WARM = `engines: [vllm, alpha, llama]
 cartridges:

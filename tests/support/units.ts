@@ -1,6 +1,7 @@
 /** Helpers to build plans in memory and put them through the real Quadlet and systemd. */
 import type { Override } from "../../lib/config/yaml.ts";
 import { resolveConfig } from "../../lib/config/load.ts";
+import { ConfigError } from "../../lib/errors.ts";
 import { locations, type Mode } from "../../lib/paths.ts";
 import { buildPlan, type Plan } from "../../lib/plan.ts";
 import { run, TOOLS } from "./tools.ts";
@@ -8,6 +9,17 @@ import { run, TOOLS } from "./tools.ts";
 export const TEST_HOME = "/home/ada";
 /** What the gate unit runs in plans built here (where the release install puts lychd). */
 export const LYCHD_PROGRAM = ["/usr/local/bin/lychd"];
+
+/** The messages lychd.yaml `yaml` (with `overrides`) is refused with; throws if it is accepted. */
+export function configProblems(yaml: string | null, overrides: Override[] = []): string {
+  try {
+    resolveConfig(yaml, `${TEST_HOME}/.config/lychd/lychd.yaml`, overrides);
+  } catch (e) {
+    if (e instanceof ConfigError) return e.message;
+    throw e;
+  }
+  throw new Error("expected a ConfigError");
+}
 
 export function planFor(
   yaml: string | null,
