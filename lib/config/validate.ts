@@ -104,15 +104,20 @@ const TAKEN_PORTS = [8081, 9090, 3000];
 export const DEFAULT_START_TIMEOUT_SEC = 15 * 60;
 export const DEFAULT_STOP_TIMEOUT_SEC = 30;
 
+/** Where the active engine answers on this host (the gate's upstream when the gate is on). */
+export function enginePort(config: LychdConfig): number {
+  return config.gate.enabled ? config.gate.enginePort : STANDARD_PORT;
+}
+
 /**
- * The loopback port lychd reaches an engine on: 8081 without the gate, else the gate's engine
- * port. The engines that stop share it (one runs at a time); one asleep keeps its process and
- * its port, so each one that sleeps has a port of its own after it, in the order of engines:.
+ * The loopback port lychd reaches an engine on. The engines that stop share the engine port (one
+ * runs at a time); one asleep keeps its process and its port, so each one that sleeps has a port
+ * of its own after it, in the order of engines:.
  */
 export function engineHostPort(config: LychdConfig, name: string): number {
-  const base = config.gate.enabled ? config.gate.enginePort : STANDARD_PORT;
-  const sleepers = config.engines.filter((n) => config.cartridges[n]?.sleep);
-  return base + (sleepers.includes(name) ? 1 + sleepers.indexOf(name) : 0);
+  // -1 for an engine that does not sleep: the engine port itself.
+  const sleeper = config.engines.filter((n) => config.cartridges[n]?.sleep).indexOf(name);
+  return enginePort(config) + 1 + sleeper;
 }
 
 /** Settings of a cartridge the config says nothing about. */
@@ -217,8 +222,8 @@ class Validator {
   hostNetworks(config: LychdConfig): void {
     for (const name of config.engines) {
       const settings = config.cartridges[name] ?? defaultSettings(name);
-      const builtin = builtinCartridge(name);
       if (settings.network !== "host") continue;
+      const builtin = builtinCartridge(name);
       const port = engineHostPort(config, name);
       if (builtin) {
         settings.args.forEach((arg, i) => {
@@ -238,7 +243,7 @@ class Validator {
           ["cartridges", name, "port"],
           `${settings.port}: with network: host the engine listens on the host itself, where ` +
             `lychd reaches it: port must be ${port} (${
-              config.gate.enabled ? "gate.engine_port" : "8081 without the gate"
+              config.gate.enabled ? "gate.engine_port" : `${STANDARD_PORT} without the gate`
             }${settings.sleep ? ", plus its place among the engines that sleep" : ""}), and ` +
             `its args must bind it to 127.0.0.1`,
         );

@@ -22,7 +22,7 @@ import {
   STANDARD_PORT,
 } from "../engines.ts";
 import { ConfigError } from "../errors.ts";
-import { defaultSettings, engineHostPort } from "../config/validate.ts";
+import { defaultSettings, engineHostPort, enginePort } from "../config/validate.ts";
 import type { Locations } from "../paths.ts";
 
 /** One configured engine with every default filled in: what `swap` and `status` work from. */
@@ -195,10 +195,7 @@ export function soulstoneService(engine: string): string {
   return `soulstone-${engine}.service`;
 }
 
-/** Where the active engine answers on this host (the gate's upstream when the gate is on). */
-export function enginePort(config: LychdConfig): number {
-  return config.gate.enabled ? config.gate.enginePort : STANDARD_PORT;
-}
+export { enginePort };
 
 export function resolveEngines(config: LychdConfig): Engine[] {
   // validateConfig guarantees that an engine that sleeps has an API and the gate.
