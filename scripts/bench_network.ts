@@ -11,9 +11,9 @@
 import {
   buildLlamaImage,
   LLAMA_DIR,
-  LLAMA_IMAGE,
   openTarget,
   type Run,
+  twoLlamas,
   writeConfig,
 } from "../tests/support/target.ts";
 
@@ -32,30 +32,13 @@ const target = await openTarget("system", ["/var/lib/lychd", "/etc/lychd", MODEL
 const lychd = async (...a: string[]) =>
   must(await target.lychd(...a, "--system"), `lychd ${a.join(" ")}`);
 
-/** Both engines on `net`. alpha, a custom engine, is told its address and port by its args. */
+/** Both engines on `net`. */
 function config(net: Net): string {
-  const gguf = "/root/.cache/huggingface/tiny.gguf";
-  const listen = net === "host" ? ["127.0.0.1", "18081"] : ["0.0.0.0", "8080"];
   return `engines: [llama, alpha]
 active: llama
 gpu: cpu
 model_cache: ${MODEL_DIR}
-cartridges:
-  llama:
-    image: ${LLAMA_IMAGE}
-    model: ${MODEL_DIR}/tiny.gguf
-    network: ${net}
-    args: [--ctx-size, "2048"]
-  alpha:
-    image: ${LLAMA_IMAGE}
-    network: ${net}
-    port: ${listen[1]}
-    model: alpha
-    warmup: true
-    args: [-m, ${gguf}, --alias, alpha, --ctx-size, "2048", --host, ${listen[0]}, --port, "${
-    listen[1]
-  }", --metrics]
-`;
+${twoLlamas(net, MODEL_DIR)}`;
 }
 
 /** Seconds of one phase in a swap's report ("old engine stopped 0.6 s"), or of the whole. */

@@ -23,10 +23,10 @@ import {
   buildPrometheusImage,
   DENO,
   LLAMA_DIR,
-  LLAMA_IMAGE,
   openTarget,
   ROOT,
   type Run,
+  twoLlamas,
   writeConfig,
 } from "../tests/support/target.ts";
 import type { LoadResult } from "./on_demand_load.ts";
@@ -131,12 +131,8 @@ try {
 
 async function routerScenario(prometheus: string) {
   await buildLlamaImage(target);
-  // Clients name each engine by its name. alpha, a custom engine, reads the model from the
-  // model cache, which every engine mounts. On the host's network (a swap costs less:
-  // docs/engines.md) alpha is told its address and port, which lychd cannot tell a custom one.
-  const gguf = "/root/.cache/huggingface/tiny.gguf";
-  const [host, port] = NETWORK === "host" ? ["127.0.0.1", 18081] : ["0.0.0.0", 8080];
-  const common = `--ctx-size, "2048", --host, ${host}, --port, "${port}", --metrics`;
+  // Clients name each engine by its name (tests/support/target.ts: the built-in llama and a
+  // custom one, alpha; on the host's network a swap costs less: docs/engines.md).
   console.log(`lychd's engines: network: ${NETWORK}`);
   must(
     await writeConfig(
@@ -149,21 +145,7 @@ harvester: {image: ${prometheus}}
 gate:
   on_demand: true
   min_residency: 5s
-cartridges:
-  llama:
-    image: ${LLAMA_IMAGE}
-    model: ${MODEL_DIR}/tiny.gguf
-    network: ${NETWORK}
-    args: [--ctx-size, "2048"]
-  alpha:
-    image: ${LLAMA_IMAGE}
-    network: ${NETWORK}
-    port: ${port}
-    model: alpha
-    health_path: /health
-    warmup: true
-    args: [-m, ${gguf}, --alias, alpha, ${common}]
-`,
+${twoLlamas(NETWORK, MODEL_DIR)}`,
     ),
     "writing lychd.yaml",
   );

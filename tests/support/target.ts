@@ -408,6 +408,32 @@ export async function buildLlamaImage(target: Target): Promise<string> {
   return await target.image(LLAMA_IMAGE, { exe: server, changes: [`ENTRYPOINT ["${server}"]`] });
 }
 
+/**
+ * lychd.yaml's `cartridges:` for two real llama.cpp engines on the same GGUF (in `modelDir`, the
+ * model cache): the built-in llama and a custom one, alpha, both on `network`. A custom engine
+ * cannot be told where to listen: on the host's network alpha's own args bind it to 127.0.0.1 at
+ * the engine port (18081), in a network of its own to every address at 8080.
+ */
+export function twoLlamas(network: "host" | "private", modelDir: string): string {
+  const [host, port] = network === "host" ? ["127.0.0.1", 18081] : ["0.0.0.0", 8080];
+  return `cartridges:
+  llama:
+    image: ${LLAMA_IMAGE}
+    model: ${modelDir}/tiny.gguf
+    network: ${network}
+    args: [--ctx-size, "2048"]
+  alpha:
+    image: ${LLAMA_IMAGE}
+    network: ${network}
+    port: ${port}
+    model: alpha
+    health_path: /health
+    warmup: true
+    args: [-m, /root/.cache/huggingface/tiny.gguf, --alias, alpha, --ctx-size, "2048",
+           --host, ${host}, --port, "${port}", --metrics]
+`;
+}
+
 /** A Prometheus image from this machine's own binary, to run the harvester unit. */
 export function buildPrometheusImage(target: Target): Promise<string> {
   return target.image("localhost/lychd-prometheus:1", {
